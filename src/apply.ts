@@ -1,0 +1,171 @@
+/**
+ * The apply phase: takes the journal's unfinished accounts and runs their
+ * steps in order (strip attributes, schedule removal), marking each step
+ * done in the journal and the audit trail. A failure stops only that
+ * account; it stays in the journal for the next run.
+ */
+
+import type { Audit } from "./audit.ts";
+import { ApiError } from "./http.ts";
+import type { Journal, JournalEntry } from "./journal.ts";
+import type { Logger } from "./log.ts";
+import { forEachLimit } from "./pool.ts";
+import { isUnknownEntity, type UnityAdmin } from "./unity.ts";
+
+const DAY_MS = 86_400_000;
+/** A `when` closer than this is recomputed: Unity runs a past schedule at once. */
+const MIN_LEAD_MS = 60 * 60_000;
+
+export interface ApplyOptions {
+  retentionDays: number;
+  concurrency: number;
+  log: Logger;
+  now?: () => number;
+}
+
+export interface ApplyResult {
+  readonly completed: readonly number[];
+  readonly failed: readonly {
+    readonly entityId: number;
+    readonly error: string;
+  }[];
+}
+
+/** When a removal planned now should happen: now + retention, in whole ms. */
+export function removalTime(retentionDays: number, now: number): number {
+  return Math.round(now + retentionDays * DAY_MS);
+}
+
+/** Runs the unfinished steps of every pending account in the journal. */
+export async function applyPending(
+  admin: UnityAdmin,
+  journal: Journal,
+  audit: Audit,
+  options: ApplyOptions,
+): Promise<ApplyResult> {
+  const completed: number[] = [];
+  const failed: { entityId: number; error: string }[] = [];
+  const pending = journal.pending().sort((a, b) => a.entityId - b.entityId);
+
+  await forEachLimit(pending, options.concurrency, async (entry) => {
+    try {
+      await applyAccount(admin, entry, journal, audit, options);
+      delete entry.lastError;
+      completed.push(entry.entityId);
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      entry.lastError = error.message;
+      failed.push({ entityId: entry.entityId, error: error.message });
+      audit.record({
+        event: "step-failed",
+        entityId: entry.entityId,
+        persistentId: entry.persistentId,
+        step: error.method + " " + error.path,
+        status: error.status ?? null,
+        error: error.message,
+      });
+      options.log.error("account not finished; it will be retried next run", {
+        entityId: entry.entityId,
+        error: error.message,
+      });
+    }
+    await journal.save();
+  });
+
+  completed.sort((a, b) => a - b);
+  failed.sort((a, b) => a.entityId - b.entityId);
+  return { completed, failed };
+}
+
+async function applyAccount(
+  admin: UnityAdmin,
+  entry: JournalEntry,
+  journal: Journal,
+  audit: Audit,
+  options: ApplyOptions,
+): Promise<void> {
+  try {
+    await stripAttributes(admin, entry, audit, options.log);
+    await scheduleRemoval(admin, entry, journal, audit, options);
+  } catch (error) {
+    if (!isUnknownEntity(error)) throw error;
+    // Removed by someone else meanwhile: nothing left to strip, still to report.
+    entry.gone = true;
+    audit.record({
+      event: "entity-gone",
+      entityId: entry.entityId,
+      persistentId: entry.persistentId,
+    });
+    options.log.warn("entity no longer exists in Unity; it is still reported", {
+      entityId: entry.entityId,
+    });
+  }
+}
+
+async function stripAttributes(
+  admin: UnityAdmin,
+  entry: JournalEntry,
+  audit: Audit,
+  log: Logger,
+): Promise<void> {
+  for (const removal of entry.removals) {
+    if (removal.outcome) continue;
+    const outcome = await admin.removeAttribute(
+      entry.entityId,
+      removal.group,
+      removal.name,
+    );
+    removal.outcome = outcome;
+    audit.record({
+      event: "attribute-removed",
+      entityId: entry.entityId,
+      persistentId: entry.persistentId,
+      group: removal.group,
+      attribute: removal.name,
+      outcome,
+      status: outcome === "removed" ? 204 : 400,
+    });
+    const fields = {
+      entityId: entry.entityId,
+      attribute: removal.name,
+      group: removal.group,
+      outcome,
+    };
+    if (outcome === "immutable") {
+      log.warn(
+        "Unity refuses to remove this system attribute; skipped",
+        fields,
+      );
+    } else log.info("removed attribute", fields);
+  }
+}
+
+async function scheduleRemoval(
+  admin: UnityAdmin,
+  entry: JournalEntry,
+  journal: Journal,
+  audit: Audit,
+  options: ApplyOptions,
+): Promise<void> {
+  if (entry.scheduled) return;
+  const now = options.now?.() ?? Date.now();
+  if (entry.when < now + MIN_LEAD_MS) {
+    // Captured long ago: a stale `when` would make Unity remove it at once.
+    entry.when = removalTime(options.retentionDays, now);
+    await journal.save();
+  }
+  await admin.scheduleRemoval(entry.entityId, entry.when, now);
+  entry.scheduled = true;
+  audit.record({
+    event: "removal-scheduled",
+    entityId: entry.entityId,
+    persistentId: entry.persistentId,
+    when: entry.when,
+    status: 204,
+  });
+  options.log.info("scheduled removal", {
+    entityId: entry.entityId,
+    operation: "REMOVE",
+    when: new Date(entry.when).toISOString(),
+  });
+}

@@ -1,0 +1,251 @@
+/**
+ * The journal: reads and writes `journal.json` in the state directory. It
+ * holds, per account, what was captured BEFORE any change (persistent id,
+ * e-mail addresses) and which steps are done, so a killed run resumes and no
+ * notification is lost. Every write is atomic and durable.
+ */
+
+import { join } from "node:path";
+import type { RemovalOutcome } from "./unity.ts";
+
+export const JOURNAL_FILE = "journal.json";
+const FORMAT = "b2access-deprovision-journal";
+
+/** One attribute to remove; `outcome` is set once the step is done. */
+export interface Removal {
+  readonly group: string;
+  readonly name: string;
+  outcome?: RemovalOutcome;
+}
+
+/** An account being deprovisioned, from capture until its mail is accepted. */
+export interface JournalEntry {
+  readonly entityId: number;
+  readonly persistentId: string | null;
+  readonly emails: readonly string[];
+  readonly removals: Removal[];
+  /** When Unity is asked to remove the entity (epoch ms). */
+  when: number;
+  scheduled: boolean;
+  /** The entity vanished from Unity while being processed. */
+  gone?: boolean;
+  readonly capturedAt: string;
+  readonly runId: string;
+  lastError?: string;
+}
+
+/** The journal exists but cannot be trusted; nothing is reset silently. */
+export class JournalError extends Error {
+  constructor(readonly file: string, reason: string, options?: ErrorOptions) {
+    super(
+      `Cannot use journal "${file}": ${reason}. It may hold accounts whose notification is still due: ` +
+        `repair it, or move it aside and report its accounts by hand, then run again`,
+      options,
+    );
+    this.name = "JournalError";
+  }
+}
+
+/** True once every step of the account is done (its mail may be due). */
+export function isApplied(entry: JournalEntry): boolean {
+  return entry.gone === true ||
+    (entry.scheduled && entry.removals.every((r) => r.outcome !== undefined));
+}
+
+/** Durable per-account progress in `{stateDir}/journal.json`. */
+export class Journal {
+  readonly file: string;
+  readonly #entries: Map<number, JournalEntry>;
+  #saving: Promise<void> = Promise.resolve();
+  #dirty = false;
+
+  private constructor(file: string, entries: JournalEntry[]) {
+    this.file = file;
+    this.#entries = new Map(entries.map((e) => [e.entityId, e]));
+  }
+
+  /**
+   * Opens the journal in `stateDir`, creating the directory if needed.
+   *
+   * @throws {JournalError} when the file exists but is unreadable or corrupt.
+   */
+  static async open(stateDir: string): Promise<Journal> {
+    await Deno.mkdir(stateDir, { recursive: true, mode: 0o700 });
+    const file = join(stateDir, JOURNAL_FILE);
+    let text;
+    try {
+      text = await Deno.readTextFile(file);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return new Journal(file, []);
+      throw new JournalError(
+        file,
+        `cannot read it (${(error as Error).message})`,
+        { cause: error },
+      );
+    }
+    return new Journal(file, decode(file, text));
+  }
+
+  /** Reads the journal without creating anything; for dry runs. */
+  static async peek(stateDir: string): Promise<Journal> {
+    const file = join(stateDir, JOURNAL_FILE);
+    try {
+      return new Journal(file, decode(file, await Deno.readTextFile(file)));
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return new Journal(file, []);
+      throw error instanceof JournalError
+        ? error
+        : new JournalError(file, (error as Error).message, { cause: error });
+    }
+  }
+
+  get entries(): JournalEntry[] {
+    return [...this.#entries.values()];
+  }
+
+  has(entityId: number): boolean {
+    return this.#entries.has(entityId);
+  }
+
+  /** Accounts with steps still to do. */
+  pending(): JournalEntry[] {
+    return this.entries.filter((e) => !isApplied(e));
+  }
+
+  /** Accounts whose steps are done and whose mail has not been accepted. */
+  unreported(): JournalEntry[] {
+    return this.entries.filter(isApplied);
+  }
+
+  /** Records captured accounts durably; call BEFORE changing them. */
+  async add(entries: readonly JournalEntry[]): Promise<void> {
+    for (const entry of entries) this.#entries.set(entry.entityId, entry);
+    await this.save();
+  }
+
+  /** Forgets accounts whose notification was accepted. */
+  async remove(entityIds: readonly number[]): Promise<void> {
+    for (const id of entityIds) this.#entries.delete(id);
+    await this.save();
+  }
+
+  /**
+   * Writes the current state durably. Concurrent calls coalesce: each
+   * resolves once a write that includes its changes is on disk.
+   */
+  save(): Promise<void> {
+    this.#dirty = true;
+    const next = this.#saving
+      .catch(() => undefined) // that caller was told; this write retries
+      .then(() => this.#dirty ? this.#write() : undefined);
+    this.#saving = next;
+    return next;
+  }
+
+  async #write(): Promise<void> {
+    this.#dirty = false;
+    const body = JSON.stringify(
+      { format: FORMAT, version: 1, accounts: this.entries },
+      null,
+      2,
+    ) + "\n";
+    try {
+      await writeDurably(this.file, body);
+    } catch (error) {
+      this.#dirty = true;
+      throw new JournalError(
+        this.file,
+        `cannot write it (${(error as Error).message})`,
+        { cause: error },
+      );
+    }
+  }
+}
+
+/** Writes a temporary file, fsyncs it, renames it over `file`, fsyncs the directory. */
+export async function writeDurably(file: string, text: string): Promise<void> {
+  const temp = `${file}.tmp`;
+  const handle = await Deno.open(temp, {
+    write: true,
+    create: true,
+    truncate: true,
+    mode: 0o600,
+  });
+  try {
+    await handle.write(new TextEncoder().encode(text));
+    await handle.sync();
+  } finally {
+    handle.close();
+  }
+  await Deno.rename(temp, file);
+  await syncDirectory(file.slice(0, file.lastIndexOf("/")) || "/");
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  try {
+    const handle = await Deno.open(dir, { read: true });
+    try {
+      await handle.sync();
+    } finally {
+      handle.close();
+    }
+  } catch {
+    // Some platforms cannot fsync a directory; the rename is still atomic.
+  }
+}
+
+function decode(file: string, text: string): JournalEntry[] {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (error) {
+    throw new JournalError(
+      file,
+      `not valid JSON (${(error as Error).message})`,
+      { cause: error },
+    );
+  }
+  const root = data as {
+    format?: unknown;
+    version?: unknown;
+    accounts?: unknown;
+  };
+  if (
+    root?.format !== FORMAT || root.version !== 1 ||
+    !Array.isArray(root.accounts)
+  ) {
+    throw new JournalError(file, `not a version 1 ${FORMAT} file`);
+  }
+  root.accounts.forEach((entry, i) => {
+    const problem = entryProblem(entry);
+    if (problem) throw new JournalError(file, `accounts[${i}]: ${problem}`);
+  });
+  return root.accounts as JournalEntry[];
+}
+
+function entryProblem(entry: Partial<JournalEntry> | null): string | undefined {
+  if (typeof entry !== "object" || entry === null) return "not an object";
+  if (!Number.isSafeInteger(entry.entityId)) {
+    return "entityId is not a whole number";
+  }
+  if (entry.persistentId !== null && typeof entry.persistentId !== "string") {
+    return "persistentId is not a string";
+  }
+  if (
+    !Array.isArray(entry.emails) ||
+    !entry.emails.every((e) => typeof e === "string")
+  ) return "emails is not a list of strings";
+  if (
+    !Array.isArray(entry.removals) ||
+    !entry.removals.every((r) =>
+      typeof r?.group === "string" && typeof r?.name === "string"
+    )
+  ) {
+    return "removals is not a list of {group, name}";
+  }
+  if (!Number.isSafeInteger(entry.when)) return "when is not a time in ms";
+  if (typeof entry.scheduled !== "boolean") {
+    return "scheduled is not true or false";
+  }
+  return undefined;
+}

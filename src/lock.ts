@@ -1,0 +1,43 @@
+/**
+ * The run lock: an OS file lock on `{stateDir}/lock`, so two runs never
+ * work at once. The OS releases it when the holder exits or is killed, so
+ * there is never a stale lock to clean up.
+ */
+
+import { join } from "node:path";
+
+export const LOCK_FILE = "lock";
+
+/** A held lock; `release` is also done by the OS at exit. */
+export interface RunLock {
+  readonly file: string;
+  release(): void;
+}
+
+/**
+ * Takes the lock without waiting. Returns undefined when another run holds
+ * it.
+ */
+export async function tryLock(stateDir: string): Promise<RunLock | undefined> {
+  await Deno.mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const file = join(stateDir, LOCK_FILE);
+  const handle = await Deno.open(file, {
+    read: true,
+    write: true,
+    create: true,
+    mode: 0o600,
+  });
+  if (!(await handle.tryLock(true))) {
+    handle.close();
+    return undefined;
+  }
+  // The pid is for a curious operator only; the lock is the OS lock.
+  await handle.truncate(0);
+  await handle.write(new TextEncoder().encode(`${Deno.pid}\n`));
+  return {
+    file,
+    release() {
+      handle.close();
+    },
+  };
+}

@@ -1,0 +1,286 @@
+/**
+ * The job, step by step: lock, journal, plan (read-only), brake, record the
+ * plan, apply, notify. Reads a `Config`; returns a `RunReport` whose exit
+ * code main.ts uses, or throws the error that stopped the run before any
+ * change.
+ */
+
+import { applyPending, removalTime } from "./apply.ts";
+import { Audit } from "./audit.ts";
+import type { Config } from "./config.ts";
+import { UnityHttp } from "./http.ts";
+import { Journal, type JournalEntry } from "./journal.ts";
+import { tryLock } from "./lock.ts";
+import type { Logger } from "./log.ts";
+import { MailError, sendReport } from "./notify.ts";
+import { makePlan, type Plan } from "./plan.ts";
+import { UnityAdmin, UnityReader } from "./unity.ts";
+
+/** Exit codes: the README's table is the contract. */
+export const EXIT = {
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  api: 3,
+  brake: 4,
+  locked: 5,
+  partial: 6,
+  mail: 7,
+} as const;
+
+/** More accounts qualify than one run may deprovision. */
+export class BrakeError extends Error {
+  constructor(
+    readonly count: number,
+    readonly limit: number,
+    readonly plan: Plan,
+    readonly dryRun: boolean,
+  ) {
+    super(
+      `Stopped before any change: ${count} accounts qualify for deprovisioning, more than max_accounts_per_run (${limit}). ` +
+        `Check the group and the accounts (--dry-run lists them); if this is right, run once with --max-accounts ${count}`,
+    );
+    this.name = "BrakeError";
+  }
+}
+
+/** Another run holds the lock. */
+export class LockedError extends Error {
+  constructor(readonly file: string) {
+    super(
+      `Another run is in progress (it holds the lock on "${file}"); nothing was done. Try again when it has finished`,
+    );
+    this.name = "LockedError";
+  }
+}
+
+export interface RunOptions {
+  config: Config;
+  dryRun: boolean;
+  maxAccounts: number;
+  log: Logger;
+  onProgress?: (done: number, total: number) => void;
+  now?: () => number;
+}
+
+export interface MailReport {
+  readonly result: "accepted" | "partly-refused" | "failed" | "not-needed";
+  readonly accounts: number;
+  readonly accepted: readonly string[];
+  readonly rejected: readonly {
+    readonly address: string;
+    readonly response: string;
+  }[];
+  readonly error?: string;
+}
+
+/** What a run did, for the summary, `--report` and the exit code. */
+export interface RunReport {
+  readonly runId: string;
+  readonly dryRun: boolean;
+  readonly exitCode: number;
+  readonly plan: Plan;
+  /** Journal accounts after the run, with their steps' outcomes. */
+  readonly accounts: readonly JournalEntry[];
+  readonly failed: readonly {
+    readonly entityId: number;
+    readonly error: string;
+  }[];
+  readonly mail: MailReport;
+  readonly requests: number;
+}
+
+/**
+ * Runs the whole job once.
+ *
+ * @throws {LockedError} when another run holds the lock.
+ * @throws {BrakeError} when too many accounts qualify.
+ * @throws {ApiError|PlanError} when Unity cannot be read; nothing changed.
+ * @throws {JournalError} when the journal cannot be trusted.
+ */
+export async function runJob(options: RunOptions): Promise<RunReport> {
+  if (options.dryRun) return await dryRun(options);
+  const { config, log } = options;
+  const lock = await tryLock(config.stateDir);
+  if (!lock) throw new LockedError(`${config.stateDir}/lock`);
+  const runId = crypto.randomUUID();
+  const http = new UnityHttp({
+    api: config.api,
+    log,
+    allowMutations: true,
+    signal: AbortSignal.timeout(config.runTimeoutMs),
+  });
+  let audit: Audit | undefined;
+  try {
+    const journal = await Journal.open(config.stateDir);
+    audit = await Audit.open(config.stateDir, runId);
+    const resumed = journal.entries.length;
+    if (resumed > 0) {
+      log.info("resuming accounts from the journal", {
+        accounts: resumed,
+        journal: journal.file,
+      });
+    }
+
+    const plan = await makePlan(
+      new UnityReader(http),
+      planOptions(options, journal),
+    );
+    brake(plan, options.maxAccounts, false);
+
+    await journal.add(plan.accounts.map((account) => ({
+      ...account,
+      removals: account.removals.map((r) => ({ ...r })),
+      when: removalTime(config.retentionDays, options.now?.() ?? Date.now()),
+      scheduled: false,
+      capturedAt: new Date().toISOString(),
+      runId,
+    })));
+    const applied = await applyPending(new UnityAdmin(http), journal, audit, {
+      retentionDays: config.retentionDays,
+      concurrency: config.api.maxConcurrency,
+      log,
+      now: options.now,
+    });
+
+    const mail = await notify(config, journal, audit, log);
+    const failed = [...plan.unreadable, ...applied.failed];
+    return {
+      runId,
+      dryRun: false,
+      exitCode: exitCodeOf(failed.length, mail),
+      plan,
+      accounts: journal.entries,
+      failed,
+      mail,
+      requests: http.requestCount,
+    };
+  } finally {
+    audit?.close();
+    await http.close();
+    lock.release();
+  }
+}
+
+/** The plan alone, with a client that refuses anything but GET. */
+async function dryRun(options: RunOptions): Promise<RunReport> {
+  const { config, log } = options;
+  const journal = await Journal.peek(config.stateDir);
+  const http = new UnityHttp({
+    api: config.api,
+    log,
+    allowMutations: false,
+    signal: AbortSignal.timeout(config.runTimeoutMs),
+  });
+  try {
+    const plan = await makePlan(
+      new UnityReader(http),
+      planOptions(options, journal),
+    );
+    brake(plan, options.maxAccounts, true);
+    return {
+      runId: "dry-run",
+      dryRun: true,
+      exitCode: EXIT.ok,
+      plan,
+      accounts: journal.entries,
+      failed: plan.unreadable,
+      mail: { result: "not-needed", accounts: 0, accepted: [], rejected: [] },
+      requests: http.requestCount,
+    };
+  } finally {
+    await http.close();
+  }
+}
+
+function planOptions(options: RunOptions, journal: Journal) {
+  const { config, log, onProgress } = options;
+  return {
+    group: config.userGroup,
+    whitelist: config.attrWhitelist,
+    concurrency: config.api.maxConcurrency,
+    bulk: config.api.bulkMembers,
+    maxUnreadableShare: config.maxUnreadableShare,
+    inJournal: (id: number) => journal.has(id),
+    log,
+    onProgress,
+  };
+}
+
+function brake(plan: Plan, limit: number, dryRun: boolean): void {
+  if (plan.accounts.length > limit) {
+    throw new BrakeError(plan.accounts.length, limit, plan, dryRun);
+  }
+}
+
+/** Mails every finished, unreported account once; forgets them once accepted. */
+async function notify(
+  config: Config,
+  journal: Journal,
+  audit: Audit,
+  log: Logger,
+): Promise<MailReport> {
+  const due = journal.unreported().sort((a, b) => a.entityId - b.entityId);
+  if (due.length === 0) {
+    return { result: "not-needed", accounts: 0, accepted: [], rejected: [] };
+  }
+  const entityIds = due.map((e) => e.entityId);
+  for (const entry of due.filter((e) => e.persistentId === null)) {
+    log.warn("account has no persistent id; it cannot be named in users.json", {
+      entityId: entry.entityId,
+    });
+  }
+
+  try {
+    const outcome = await sendReport(config.email, due);
+    await journal.remove(entityIds);
+    const result = outcome.rejected.length > 0 ? "partly-refused" : "accepted";
+    for (const refusal of outcome.rejected) {
+      log.error("recipient refused the notification", {
+        recipient: refusal.address,
+        response: refusal.response,
+      });
+    }
+    audit.record({
+      event: "mail",
+      result,
+      accounts: due.length,
+      entityIds,
+      accepted: [...outcome.accepted],
+      rejected: outcome.rejected.map((r) => r.address),
+    });
+    log.info("notification sent", {
+      accounts: due.length,
+      recipients: outcome.accepted.length,
+    });
+    return { result, accounts: due.length, ...outcome };
+  } catch (error) {
+    if (!(error instanceof MailError)) throw error;
+    audit.record({
+      event: "mail",
+      result: "failed",
+      accounts: due.length,
+      entityIds,
+      accepted: [],
+      rejected: [],
+      error: error.message,
+    });
+    log.error(
+      "notification not delivered; its accounts stay in the journal for the next run",
+      { accounts: due.length, error: error.message },
+    );
+    return {
+      result: "failed",
+      accounts: due.length,
+      accepted: [],
+      rejected: [],
+      error: error.message,
+    };
+  }
+}
+
+function exitCodeOf(failures: number, mail: MailReport): number {
+  if (mail.result === "failed") return EXIT.mail;
+  if (failures > 0 || mail.result === "partly-refused") return EXIT.partial;
+  return EXIT.ok;
+}
