@@ -171,17 +171,18 @@ async function capture(
 }
 
 function checkUnreadable(
-  unreadable: readonly { entityId: number }[],
+  unreadable: readonly { entityId: number; error: string }[],
   scanned: number,
   options: PlanOptions,
 ): void {
   if (unreadable.length === 0) return;
   const share = unreadable.length / Math.max(1, scanned);
+  const first = unreadable[0]!;
   if (share > options.maxUnreadableShare) {
     throw new PlanError(
       `Cannot trust this run: ${unreadable.length} of ${scanned} members of ${options.group} could not be read ` +
-        `(more than max_unreadable_share ${options.maxUnreadableShare}); nothing was changed. ` +
-        `First failure: entity ${unreadable[0]!.entityId}`,
+        `(more than max_unreadable_share ${options.maxUnreadableShare}). ` +
+        `First failure: entity ${first.entityId}: ${first.error}`,
     );
   }
 }

@@ -4,7 +4,6 @@
  * error can say which one rejected a certificate.
  */
 
-import { rootCertificates } from "node:tls";
 import type { Trust } from "./config.ts";
 
 /** Options understood by node:tls `connect`, plus where they came from. */
@@ -23,33 +22,32 @@ const SYSTEM_BUNDLES = [
 ];
 
 /**
- * Resolves trust: `default` is the built-in roots plus the system store
- * (`SSL_CERT_FILE` first), `ca` adds one bundle, `insecure` verifies nothing.
+ * Resolves trust: `default` is the system store (`SSL_CERT_FILE` first, then
+ * the usual bundle paths) or, on a host without one, the built-in roots;
+ * `ca` adds one bundle to that; `insecure` verifies nothing.
  */
 export function tlsSettings(
   trust: Trust,
   env: (name: string) => string | undefined = (name) => Deno.env.get(name),
 ): TlsSettings {
   if (trust.kind === "insecure") {
-    return {
-      rejectUnauthorized: false,
-      source: "none (cert_verify: false)",
-    };
+    return { rejectUnauthorized: false, source: "none (cert_verify: false)" };
   }
+  // node:tls replaces its built-in roots with `ca`, and reading them needs
+  // full --allow-sys; a system bundle holds the same public roots anyway.
   const system = systemBundle(env);
-  const ca = [...rootCertificates];
-  const sources = ["built-in roots"];
-  if (system) {
-    ca.push(system.pem);
-    sources.push(system.path);
-  }
+  const ca = system ? [system.pem] : [];
+  const sources = [system ? system.path : "built-in roots"];
   if (trust.kind === "ca") {
     ca.push(trust.pem);
     sources.push(trust.path);
   }
-  return { ca, rejectUnauthorized: true, source: sources.join(" + ") };
+  return {
+    ca: ca.length > 0 ? ca : undefined,
+    rejectUnauthorized: true,
+    source: sources.join(" + "),
+  };
 }
-
 function systemBundle(
   env: (name: string) => string | undefined,
 ): { path: string; pem: string } | undefined {

@@ -227,7 +227,9 @@ function decodeEntity(
   at = "",
 ): Entity {
   const info = field(body, "entityInformation", method, path, at);
-  const id = field(info, "entityId", method, path, `${at}.entityInformation`);
+  // 1.x has the id beside entityInformation, 2.0+ inside it.
+  const id = (info as Record<string, unknown>).entityId ??
+    (body as Record<string, unknown>).id;
   if (!isEntityId(id)) {
     throw shapeError(
       method,
