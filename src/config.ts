@@ -294,12 +294,21 @@ class Reader {
   api(): ApiConfig {
     const at = (key: string) => ["api", key];
     const baseUrl = this.url(at("base_url"));
+    const user = this.str(at("user"), { required: true }) ?? "";
+    const password = this.password("api", PASSWORD_ENV.api, true) ?? "";
+    // Unity decodes Basic credentials as US-ASCII: anything else never matches.
+    if (/[^\x20-\x7e]/.test(user + password)) {
+      this.problem(
+        at(/[^\x20-\x7e]/.test(user) ? "user" : "password"),
+        "Unity reads credentials as US-ASCII: this one has other characters and can never match; change it in Unity",
+      );
+    }
     return {
       baseUrl: baseUrl ?? "",
       path: trimSlashes(this.str(at("path")) ?? DEFAULTS.apiPath),
       version: trimSlashes(this.str(at("version")) ?? DEFAULTS.apiVersion),
-      user: this.str(at("user"), { required: true }) ?? "",
-      password: this.password("api", PASSWORD_ENV.api, true) ?? "",
+      user,
+      password,
       trust: this.trust(at("cert_verify")),
       timeoutMs: seconds(
         this.num(at("timeout"), { min: 0.1 }) ??
