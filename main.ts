@@ -16,6 +16,7 @@ import {
 } from "./src/config.ts";
 import { ApiError } from "./src/http.ts";
 import { JournalError } from "./src/journal.ts";
+import { StateDirError } from "./src/lock.ts";
 import {
   createLogger,
   type Level,
@@ -150,8 +151,12 @@ async function check(config: Config, log: Logger): Promise<number> {
 }
 
 function failure(error: unknown, log: Logger): number {
-  if (error instanceof ConfigError || error instanceof JournalError) {
-    writeErr(error.message);
+  if (
+    error instanceof ConfigError || error instanceof JournalError ||
+    error instanceof StateDirError
+  ) {
+    if (log.format === "json") log.error(error.message);
+    else writeErr(error.message);
     return EXIT.usage;
   }
   if (error instanceof BrakeError) {

@@ -14,19 +14,37 @@ export interface RunLock {
   release(): void;
 }
 
+/** The state directory cannot be created or written. */
+export class StateDirError extends Error {
+  constructor(readonly dir: string, options: { cause: Error }) {
+    super(
+      `Cannot use state directory "${dir}": ${options.cause.message} (set state_dir to a directory this user can write)`,
+      options,
+    );
+    this.name = "StateDirError";
+  }
+}
+
 /**
  * Takes the lock without waiting. Returns undefined when another run holds
  * it.
+ *
+ * @throws {StateDirError} when the directory cannot be created or written.
  */
 export async function tryLock(stateDir: string): Promise<RunLock | undefined> {
-  await Deno.mkdir(stateDir, { recursive: true, mode: 0o700 });
   const file = join(stateDir, LOCK_FILE);
-  const handle = await Deno.open(file, {
-    read: true,
-    write: true,
-    create: true,
-    mode: 0o600,
-  });
+  let handle: Deno.FsFile;
+  try {
+    await Deno.mkdir(stateDir, { recursive: true, mode: 0o700 });
+    handle = await Deno.open(file, {
+      read: true,
+      write: true,
+      create: true,
+      mode: 0o600,
+    });
+  } catch (error) {
+    throw new StateDirError(stateDir, { cause: error as Error });
+  }
   if (!(await handle.tryLock(true))) {
     handle.close();
     return undefined;

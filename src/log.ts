@@ -24,6 +24,7 @@ export type Sink = (line: string) => void;
 /** A leveled logger with structured fields. */
 export interface Logger {
   readonly level: Level;
+  readonly format: LogFormat;
   debug(message: string, fields?: Fields): void;
   info(message: string, fields?: Fields): void;
   warn(message: string, fields?: Fields): void;
@@ -86,6 +87,7 @@ export function createLogger(options: LoggerOptions): Logger {
 
   return {
     level: options.level,
+    format,
     enabled,
     debug: (message, fields) => emit("DEBUG", message, fields),
     info: (message, fields) => emit("INFO", message, fields),
