@@ -131,12 +131,16 @@ async function stripAttributes(
       group: removal.group,
       outcome,
     };
-    if (outcome === "immutable") {
-      log.warn(
-        "Unity refuses to remove this system attribute; skipped",
-        fields,
-      );
-    } else log.info("removed attribute", fields);
+    // Unity refuses to remove its immutable system attributes on every
+    // account: expected, and nothing to act on, so not a warning.
+    log.info(
+      outcome === "immutable"
+        ? "system attribute cannot be removed; skipped"
+        : outcome === "absent"
+        ? "attribute already gone"
+        : "removed attribute",
+      fields,
+    );
   }
 }
 

@@ -6,7 +6,7 @@
  */
 
 import { isMap, isScalar, LineCounter, parseDocument } from "yaml";
-import type { Document, Node as YamlNode } from "yaml";
+import type { Document, Node as YamlNode, Tags } from "yaml";
 import { dirname, resolve } from "node:path";
 import { type Level, type LogFormat, parseLevel } from "./log.ts";
 
@@ -198,7 +198,7 @@ export async function loadConfig(
   const loaded = parseConfig(text, file, options);
   return {
     ...loaded,
-    warnings: [...loaded.warnings, ...permissionWarnings(file, loaded.config)],
+    warnings: [...loaded.warnings, ...permissionWarnings(file, text)],
   };
 }
 
@@ -217,20 +217,27 @@ export function parseConfig(
   // PyYAML reads YAML 1.1: True/False/yes/no are booleans there.
   const doc = parseDocument(text, {
     version: "1.1",
+    customTags: pyyamlBooleans,
     lineCounter,
     prettyErrors: false,
     uniqueKeys: true,
   });
   const syntax = doc.errors.map((e): Problem => ({
-    key: "(syntax)",
+    key: e.code === "DUPLICATE_KEY"
+      ? `(duplicate key ${JSON.stringify(text.slice(e.pos[0], e.pos[1]))})`
+      : "(syntax)",
     line: lineCounter.linePos(e.pos[0]).line,
     message: e.message.split("\n")[0] ?? e.message,
   }));
-  if (syntax.length > 0) throw new ConfigError(file, syntax);
+  // A duplicate key still leaves a usable document: report the rest too.
+  if (doc.errors.some((e) => e.code !== "DUPLICATE_KEY")) {
+    throw new ConfigError(file, syntax);
+  }
 
   const reader = new Reader(doc, lineCounter, file, options.env ?? envGet);
   const config = reader.read();
-  if (reader.problems.length > 0) throw new ConfigError(file, reader.problems);
+  const problems = [...syntax, ...reader.problems];
+  if (problems.length > 0) throw new ConfigError(file, problems);
   return { config: deepFreeze(config), warnings: reader.warnings };
 }
 
@@ -580,7 +587,8 @@ class Reader {
       if (!isPlainObject(node)) return undefined;
       node = node[part];
     }
-    return node ?? undefined;
+    // An empty value means the default, as the Python tool's `or` had it.
+    return node === null || node === "" ? undefined : node;
   }
 
   checkUnknownKeys(
@@ -639,18 +647,37 @@ export function normalizeGroup(group: string): string {
   return trimmed.startsWith("/") ? trimmed || "/" : `/${trimmed}`;
 }
 
-function permissionWarnings(file: string, config: Config): string[] {
-  const holdsPassword = /^\s*password\s*:\s*\S/m;
+/**
+ * PyYAML's YAML 1.1 booleans: yes/no, true/false, on/off in three casings.
+ * The yaml package's 1.1 schema also takes y/n, which PyYAML reads as strings.
+ */
+const PY_TRUE = ["yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"];
+const PY_BOOL = {
+  tag: "tag:yaml.org,2002:bool",
+  default: true,
+  test:
+    /^(?:[Yy]es|YES|[Nn]o|NO|[Tt]rue|TRUE|[Ff]alse|FALSE|[Oo]n|ON|[Oo]ff|OFF)$/,
+  resolve: (source: string) => PY_TRUE.includes(source),
+};
+
+function pyyamlBooleans(tags: Tags): Tags {
+  return [
+    ...tags.filter((t) => typeof t === "string" || t.tag !== PY_BOOL.tag),
+    PY_BOOL,
+  ];
+}
+
+function permissionWarnings(file: string, text: string): string[] {
+  const holdsPassword = /^[ \t]*password[ \t]*:[ \t]*[^\s#]/m;
   try {
     const mode = Deno.statSync(file).mode;
-    const text = Deno.readTextFileSync(file);
     if (mode !== null && (mode & 0o004) !== 0 && holdsPassword.test(text)) {
       return [
-        `config "${config.file}" holds a password and is readable by every user: run chmod o-r on it, or move the password to a password_file`,
+        `config "${file}" holds a password and is readable by every user: run chmod o-r on it, or move the password to a password_file`,
       ];
     }
   } catch {
-    // Already read once; a race here only loses a warning.
+    // Just read; a race here only loses a warning.
   }
   return [];
 }

@@ -5,11 +5,16 @@
  * notification is lost. Every write is atomic and durable.
  */
 
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { RemovalOutcome } from "./unity.ts";
 
 export const JOURNAL_FILE = "journal.json";
 const FORMAT = "b2access-deprovision-journal";
+const OUTCOMES: readonly (string | undefined)[] = [
+  "removed",
+  "absent",
+  "immutable",
+];
 
 /** One attribute to remove; `outcome` is set once the step is done. */
 export interface Removal {
@@ -178,7 +183,7 @@ export async function writeDurably(file: string, text: string): Promise<void> {
     handle.close();
   }
   await Deno.rename(temp, file);
-  await syncDirectory(file.slice(0, file.lastIndexOf("/")) || "/");
+  await syncDirectory(dirname(file));
 }
 
 async function syncDirectory(dir: string): Promise<void> {
@@ -238,10 +243,11 @@ function entryProblem(entry: Partial<JournalEntry> | null): string | undefined {
   if (
     !Array.isArray(entry.removals) ||
     !entry.removals.every((r) =>
-      typeof r?.group === "string" && typeof r?.name === "string"
+      typeof r?.group === "string" && typeof r?.name === "string" &&
+      (r.outcome === undefined || OUTCOMES.includes(r.outcome))
     )
   ) {
-    return "removals is not a list of {group, name}";
+    return "removals is not a list of {group, name, outcome?}";
   }
   if (!Number.isSafeInteger(entry.when)) return "when is not a time in ms";
   if (typeof entry.scheduled !== "boolean") {

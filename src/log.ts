@@ -39,7 +39,7 @@ export interface LoggerOptions {
   sink?: Sink;
 }
 
-const SECRET_FIELD = /pass(word)?|secret|authorization|credential|token/i;
+const SECRET_FIELD = /password|^pass$|secret|authorization|credential|token/i;
 const COLORS: Record<Level, string> = {
   DEBUG: "\x1b[2m",
   INFO: "\x1b[36m",
@@ -108,9 +108,16 @@ export function memoryLogger(level: Level = "DEBUG"): Logger & {
 function maskSecrets(fields: Fields): Fields {
   const out: Fields = {};
   for (const [key, value] of Object.entries(fields)) {
-    out[key] = SECRET_FIELD.test(key) && value != null ? "********" : value;
+    if (SECRET_FIELD.test(key) && value != null) out[key] = "********";
+    else if (isPlainObject(value)) out[key] = maskSecrets(value);
+    else out[key] = value;
   }
   return out;
+}
+
+function isPlainObject(value: unknown): value is Fields {
+  return typeof value === "object" && value !== null &&
+    Object.getPrototypeOf(value) === Object.prototype;
 }
 
 function formatText(

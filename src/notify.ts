@@ -64,10 +64,11 @@ export function usersJson(accounts: readonly ReportedAccount[]): string {
 export async function sendReport(
   email: EmailConfig,
   accounts: readonly ReportedAccount[],
+  deadline?: AbortSignal,
 ): Promise<MailOutcome> {
   const transport = createTransport(email);
   try {
-    const info = await transport.sendMail({
+    const sending = transport.sendMail({
       from: email.from,
       to: [...email.to],
       subject: email.subject,
@@ -78,6 +79,7 @@ export async function sendReport(
         contentType: "application/json",
       }],
     });
+    const info = await (deadline ? raceDeadline(sending, deadline) : sending);
     return {
       accepted: info.accepted.map(String),
       rejected: info.rejected.map((address) => ({
@@ -106,6 +108,22 @@ export async function verifySmtp(email: EmailConfig): Promise<void> {
   } finally {
     transport.close();
   }
+}
+
+/** nodemailer takes no AbortSignal: stop waiting when the run's deadline passes. */
+function raceDeadline<T>(work: Promise<T>, deadline: AbortSignal): Promise<T> {
+  const expired = () =>
+    Object.assign(new Error("the run deadline (run_timeout) passed"), {
+      code: "ETIMEDOUT",
+    });
+  if (deadline.aborted) return Promise.reject(expired());
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(expired());
+    deadline.addEventListener("abort", onAbort, { once: true });
+    work.then(resolve, reject).finally(() =>
+      deadline.removeEventListener("abort", onAbort)
+    );
+  });
 }
 
 function createTransport(email: EmailConfig) {

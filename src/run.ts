@@ -104,11 +104,12 @@ export async function runJob(options: RunOptions): Promise<RunReport> {
   const lock = await tryLock(config.stateDir);
   if (!lock) throw new LockedError(`${config.stateDir}/lock`);
   const runId = crypto.randomUUID();
+  const deadline = AbortSignal.timeout(config.runTimeoutMs);
   const http = new UnityHttp({
     api: config.api,
     log,
     allowMutations: true,
-    signal: AbortSignal.timeout(config.runTimeoutMs),
+    signal: deadline,
   });
   let audit: Audit | undefined;
   try {
@@ -143,7 +144,7 @@ export async function runJob(options: RunOptions): Promise<RunReport> {
       now: options.now,
     });
 
-    const mail = await notify(config, journal, audit, log);
+    const mail = await notify(config, journal, audit, log, deadline);
     const failed = [...plan.unreadable, ...applied.failed];
     return {
       runId,
@@ -219,6 +220,7 @@ async function notify(
   journal: Journal,
   audit: Audit,
   log: Logger,
+  deadline: AbortSignal,
 ): Promise<MailReport> {
   const due = journal.unreported().sort((a, b) => a.entityId - b.entityId);
   if (due.length === 0) {
@@ -232,7 +234,7 @@ async function notify(
   }
 
   try {
-    const outcome = await sendReport(config.email, due);
+    const outcome = await sendReport(config.email, due, deadline);
     await journal.remove(entityIds);
     const result = outcome.rejected.length > 0 ? "partly-refused" : "accepted";
     for (const refusal of outcome.rejected) {

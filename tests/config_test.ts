@@ -288,12 +288,6 @@ Deno.test("parseConfig() reads PyYAML booleans True/False/yes/no/on/off", () => 
 
 Deno.test({
   name: "parseConfig() reads y and n as strings, as PyYAML does",
-  // BUG: src/config.ts:218 parses with the `yaml` package's YAML 1.1 schema,
-  // which takes y/Y/n/N as booleans; PyYAML reads them as strings. For
-  // `dry_run: n` the Python tool saw the truthy string "n" and did a dry
-  // run; this tool reads false and does a live run. Expected a problem
-  // (`expected true or false, got string "n"`), got dryRun false.
-  ignore: true,
   fn: () => {
     const problems = problemsOf(MINIMAL + "dry_run: n\n");
     assert.match(problemAt(problems, "dry_run").message, /got string "n"/);
@@ -845,14 +839,6 @@ Deno.test("loadConfig() does not warn about a world-readable file without a pass
 
 Deno.test({
   name: "loadConfig() does not warn about an empty password key",
-  // BUG: src/config.ts:643, permissionWarnings(): the regex
-  // /^\s*password\s*:\s*\S/m lets `\s*` run past the end of the line, so an
-  // empty `password:` (as the original example's "otherwise empty" advises
-  // for SMTP) matches the next key. Input: a 0644 config whose only
-  // password keys are empty, the API password in B2ACCESS_API_PASSWORD.
-  // Expected no warning; got "holds a password and is readable by every
-  // user".
-  ignore: true,
   fn: async () => {
     await withTempDir(async (dir) => {
       const path = join(dir, "config.yml");
