@@ -114,7 +114,7 @@ export async function verifySmtp(email: EmailConfig): Promise<void> {
 function raceDeadline<T>(work: Promise<T>, deadline: AbortSignal): Promise<T> {
   const expired = () =>
     Object.assign(new Error("the run deadline (run_timeout) passed"), {
-      code: "ETIMEDOUT",
+      code: "EDEADLINE",
     });
   if (deadline.aborted) return Promise.reject(expired());
   return new Promise<T>((resolve, reject) => {

@@ -96,7 +96,7 @@ class World {
     config: ConfigOptions = {},
     plainHttp = false,
   ): Promise<World> {
-    // HTTPS, as B2ACCESS serves it (plain HTTP: see the ignored BUG test).
+    // HTTPS, as B2ACCESS serves it (plain HTTP has its own test below).
     const sim = await UnitySim.start({
       profile: "4.x",
       ...(plainHttp ? {} : { tls: TLS }),
@@ -810,12 +810,6 @@ Deno.test("run_timeout also bounds a mail server that never answers the final do
 Deno.test({
   name:
     "a mail stopped by run_timeout does not blame notifications.email.timeout",
-  // BUG: src/notify.ts raceDeadline() gives its error code "ETIMEDOUT", and
-  // mailError() appends the hint for ETIMEDOUT to every such error, so the
-  // log says "ETIMEDOUT: the run deadline (run_timeout) passed (no answer
-  // within 15000 ms: notifications.email.timeout)" after 2 s: it points the
-  // operator at the wrong setting.
-  ignore: true,
   fn: async () => {
     await inWorld(seedSmall, async (world) => {
       await world.useSmtp({ hangAtDot: true });
@@ -1168,15 +1162,6 @@ Deno.test("the audit trail of a killed and resumed run names every change and ne
 
 Deno.test({
   name: "an http:// base_url works under the start task's permissions",
-  // BUG: config.ts accepts http:// URLs, but with the start task's
-  // --allow-env list every plain-HTTP request fails: undici's
-  // lib/dispatcher/client-h1.js:81 (lazyllhttp) reads
-  // process.env.JEST_WORKER_ID when it opens its first HTTP/1 connection,
-  // and Deno denies it, so the run exits 3 with "cannot reach 127.0.0.1:PORT
-  // (Requires env access to "JEST_WORKER_ID" ...)". Over HTTPS the same
-  // code path is not reached. Fix: add JEST_WORKER_ID to --allow-env in
-  // deno.json (start, demo, compile), or refuse http:// in src/config.ts.
-  ignore: true,
   fn: async () => {
     const world = await World.start(seedSmall, {}, true);
     try {
