@@ -105,19 +105,29 @@ export async function cli(args: string[]): Promise<number> {
       ? await check(config, log)
       : await run(config, flags, log);
   } catch (error) {
-    return failure(error, log);
+    const code = failure(error, log);
+    if (flags.report) await writeFailureReport(flags.report, code, error, log);
+    return code;
   }
 }
 
 async function run(config: Config, flags: Flags, log: Logger): Promise<number> {
   const dryRun = flags.dryRun || config.dryRun;
-  const report = await runJob({
-    config,
-    dryRun,
-    maxAccounts: flags.maxAccounts ?? config.maxAccountsPerRun,
-    log,
-    onProgress: progressReporter(flags),
-  });
+  let report;
+  try {
+    report = await runJob({
+      config,
+      dryRun,
+      maxAccounts: flags.maxAccounts ?? config.maxAccountsPerRun,
+      log,
+      onProgress: progressReporter(flags),
+    });
+  } catch (error) {
+    if (error instanceof BrakeError && error.dryRun) {
+      write(planTable(error.plan, error.journal, config.retentionDays));
+    }
+    throw error;
+  }
   if (dryRun) {
     write(planTable(report.plan, report.accounts, config.retentionDays));
   } else if (log.enabled("INFO") || report.exitCode !== EXIT.ok) {
@@ -160,7 +170,6 @@ function failure(error: unknown, log: Logger): number {
     return EXIT.usage;
   }
   if (error instanceof BrakeError) {
-    if (error.dryRun) write(planTable(error.plan, [], 0));
     log.error(error.message);
     return EXIT.brake;
   }
@@ -181,6 +190,26 @@ function failure(error: unknown, log: Logger): number {
     },
   );
   return EXIT.internal;
+}
+
+/** A run that stopped early still leaves a report for monitoring. */
+async function writeFailureReport(
+  file: string,
+  exitCode: number,
+  error: unknown,
+  log: Logger,
+): Promise<void> {
+  const message = error instanceof Error ? error.message : String(error);
+  try {
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({ exitCode, error: message }, null, 2) + "\n",
+    );
+  } catch (writeError) {
+    log.error(
+      `Cannot write report "${file}": ${(writeError as Error).message}`,
+    );
+  }
 }
 
 function parseFlags(args: string[]): Flags | "help" | "version" {

@@ -224,7 +224,7 @@ export function parseConfig(
   });
   const syntax = doc.errors.map((e): Problem => ({
     key: e.code === "DUPLICATE_KEY"
-      ? `(duplicate key ${JSON.stringify(text.slice(e.pos[0], e.pos[1]))})`
+      ? `(duplicate key ${JSON.stringify(keyAt(text, e.pos[0]))})`
       : "(syntax)",
     line: lineCounter.linePos(e.pos[0]).line,
     message: e.message.split("\n")[0] ?? e.message,
@@ -239,6 +239,14 @@ export function parseConfig(
   const problems = [...syntax, ...reader.problems];
   if (problems.length > 0) throw new ConfigError(file, problems);
   return { config: deepFreeze(config), warnings: reader.warnings };
+}
+
+/** The key written at `offset` (yaml's error points at its first character). */
+function keyAt(text: string, offset: number): string {
+  const key = /^\s*(?:"([^"]*)"|'([^']*)'|([^:#\n]+?))\s*:/.exec(
+    text.slice(offset),
+  );
+  return key?.[1] ?? key?.[2] ?? key?.[3] ?? text.slice(offset).split("\n")[0]!;
 }
 
 function envGet(name: string): string | undefined {

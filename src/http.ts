@@ -159,6 +159,8 @@ export class UnityHttp {
       });
       text = await response.text();
     } catch (error) {
+      // A missing permission is a packaging bug, not a network failure.
+      if (hasCause(error, Deno.errors.NotCapable)) throw error;
       throw this.#transportError(method, path, error);
     }
     this.#options.log.debug("unity response", {
@@ -316,7 +318,9 @@ function statusError(
     : "no body";
   const auth = status === 403 ||
     (status === 400 && /authenticat|credential/i.test(said));
-  const hint = auth
+  const hint = auth && method !== "GET"
+    ? " (the API user may lack the identityModify right, or its credentials changed; not retried)"
+    : auth
     ? " (check api.user and api.password and that the user has the admin role; not retried: Unity locks an address out after repeated failures)"
     : status === 404 && path.includes("%2F")
     ? " (a reverse proxy may refuse %2F in URLs: allow encoded slashes, e.g. AllowEncodedSlashes NoDecode in Apache)"
@@ -330,6 +334,17 @@ function statusError(
     unityError,
     unityMessage,
   );
+}
+
+function hasCause(
+  error: unknown,
+  type: abstract new (...args: never[]) => Error,
+): boolean {
+  for (let e = error, depth = 0; e && depth < 5; depth++) {
+    if (e instanceof type) return true;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return false;
 }
 
 function isTimeout(error: unknown): boolean {

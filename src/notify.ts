@@ -104,7 +104,7 @@ export async function verifySmtp(email: EmailConfig): Promise<void> {
   try {
     await transport.verify();
   } catch (error) {
-    throw mailError(email, error);
+    throw mailError(email, error, "connect, secure and authenticate");
   } finally {
     transport.close();
   }
@@ -162,7 +162,11 @@ function rejectionOf(
   return match?.response ?? "refused";
 }
 
-function mailError(email: EmailConfig, error: unknown): MailError {
+function mailError(
+  email: EmailConfig,
+  error: unknown,
+  doing = "send the notification",
+): MailError {
   const { code, responseCode, response, message } = error as {
     code?: string;
     responseCode?: number;
@@ -181,9 +185,7 @@ function mailError(email: EmailConfig, error: unknown): MailError {
     })`
     : "";
   return new MailError(
-    `Cannot send the notification via ${server}: ${
-      code ?? "error"
-    }: ${said}${hint}`,
+    `Cannot ${doing} via ${server}: ${code ?? "error"}: ${said}${hint}`,
     code,
     responseCode,
     {

@@ -7,6 +7,7 @@
 import { isApplied, type JournalEntry } from "./journal.ts";
 import type { Plan } from "./plan.ts";
 import type { RunReport } from "./run.ts";
+import { isImmutableSystemAttribute } from "./unity.ts";
 
 /** The dry-run plan: one row per account, then what else would happen. */
 export function planTable(
@@ -25,8 +26,7 @@ export function planTable(
       String(a.entityId),
       a.persistentId ?? "(none)",
       a.emails.join(", ") || "-",
-      a.removals.map((r) => r.group === "/" ? r.name : `${r.name}@${r.group}`)
-        .join(", ") || "-",
+      a.removals.map(attributeLabel).join(", ") || "-",
     ]);
     lines.push(
       "",
@@ -40,6 +40,15 @@ export function planTable(
       "",
       `Removal would be scheduled for about ${when} (retention_period ${retentionDays} days).`,
     );
+    if (
+      plan.accounts.some((a) =>
+        a.removals.some((r) => isImmutableSystemAttribute(r.name))
+      )
+    ) {
+      lines.push(
+        "* a system attribute Unity refuses to remove: asked for, and left in place.",
+      );
+    }
   }
   const pending = journal.filter((e) => !isApplied(e)).length;
   const unreported = journal.length - pending;
@@ -66,7 +75,9 @@ export function summaryLine(report: RunReport): string {
     ? "no notification needed"
     : mail.result === "failed"
     ? `notification NOT delivered (${mail.accounts} accounts kept for the next run)`
-    : `notification of ${mail.accounts} accounts accepted for ${mail.accepted.length} recipient(s)` +
+    : `notification of ${plural(mail.accounts, "account")} accepted for ${
+      plural(mail.accepted.length, "recipient")
+    }` +
       (mail.rejected.length > 0 ? `, refused for ${mail.rejected.length}` : "");
   return `Run ${report.runId}: ${plan.scanned} members of ${plan.group} read, ${plan.accounts.length} newly selected, ` +
     `${report.failed.length} failure(s); ${mailText}; ${report.requests} Unity requests.`;
@@ -85,7 +96,11 @@ export function reportJson(report: RunReport): string {
       alreadyScheduled: report.plan.alreadyScheduled,
       selected: report.plan.accounts,
       unreadable: report.plan.unreadable,
-      journal: report.accounts.map((e) => ({ ...e, applied: isApplied(e) })),
+      accounts: report.accounts.map((e) => ({
+        ...e,
+        applied: isApplied(e),
+        mailed: report.mail.entityIds.includes(e.entityId),
+      })),
       failed: report.failed,
       mail: report.mail,
       requests: report.requests,
@@ -95,6 +110,12 @@ export function reportJson(report: RunReport): string {
   );
 }
 
+function attributeLabel(removal: { group: string; name: string }): string {
+  const mark = isImmutableSystemAttribute(removal.name) ? "*" : "";
+  const where = removal.group === "/" ? "" : `@${removal.group}`;
+  return `${removal.name}${where}${mark}`;
+}
+
 function table(header: string[], rows: string[][]): string[] {
   const widths = header.map((h, i) =>
     Math.max(h.length, ...rows.map((r) => r[i]!.length))
@@ -102,4 +123,8 @@ function table(header: string[], rows: string[][]): string[] {
   const line = (cells: string[]) =>
     cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd();
   return [line(header), ...rows.map(line)];
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }

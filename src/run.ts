@@ -35,6 +35,8 @@ export class BrakeError extends Error {
     readonly limit: number,
     readonly plan: Plan,
     readonly dryRun: boolean,
+    /** The journal's accounts, for a dry run's table. */
+    readonly journal: readonly JournalEntry[],
   ) {
     super(
       `Stopped before any change: ${count} accounts qualify for deprovisioning, more than max_accounts_per_run (${limit}). ` +
@@ -66,6 +68,8 @@ export interface RunOptions {
 export interface MailReport {
   readonly result: "accepted" | "partly-refused" | "failed" | "not-needed";
   readonly accounts: number;
+  /** The accounts the mail carried (delivered or not). */
+  readonly entityIds: readonly number[];
   readonly accepted: readonly string[];
   readonly rejected: readonly {
     readonly address: string;
@@ -80,7 +84,11 @@ export interface RunReport {
   readonly dryRun: boolean;
   readonly exitCode: number;
   readonly plan: Plan;
-  /** Journal accounts after the run, with their steps' outcomes. */
+  /**
+   * Every journal account this run worked on or mailed, with its steps'
+   * outcomes, as they stood before the mail (a delivered mail clears them
+   * from the journal); for a dry run, the journal as it is.
+   */
   readonly accounts: readonly JournalEntry[];
   readonly failed: readonly {
     readonly entityId: number;
@@ -127,7 +135,7 @@ export async function runJob(options: RunOptions): Promise<RunReport> {
       new UnityReader(http),
       planOptions(options, journal),
     );
-    brake(plan, options.maxAccounts, false);
+    brake(plan, options.maxAccounts, false, journal);
 
     await journal.add(plan.accounts.map((account) => ({
       ...account,
@@ -144,6 +152,7 @@ export async function runJob(options: RunOptions): Promise<RunReport> {
       now: options.now,
     });
 
+    const accounts = structuredClone(journal.entries);
     const mail = await notify(config, journal, audit, log, deadline);
     const failed = [...plan.unreadable, ...applied.failed];
     return {
@@ -151,7 +160,7 @@ export async function runJob(options: RunOptions): Promise<RunReport> {
       dryRun: false,
       exitCode: exitCodeOf(failed.length, mail),
       plan,
-      accounts: journal.entries,
+      accounts,
       failed,
       mail,
       requests: http.requestCount,
@@ -178,7 +187,7 @@ async function dryRun(options: RunOptions): Promise<RunReport> {
       new UnityReader(http),
       planOptions(options, journal),
     );
-    brake(plan, options.maxAccounts, true);
+    brake(plan, options.maxAccounts, true, journal);
     return {
       runId: "dry-run",
       dryRun: true,
@@ -186,7 +195,7 @@ async function dryRun(options: RunOptions): Promise<RunReport> {
       plan,
       accounts: journal.entries,
       failed: plan.unreadable,
-      mail: { result: "not-needed", accounts: 0, accepted: [], rejected: [] },
+      mail: NO_MAIL,
       requests: http.requestCount,
     };
   } finally {
@@ -208,11 +217,25 @@ function planOptions(options: RunOptions, journal: Journal) {
   };
 }
 
-function brake(plan: Plan, limit: number, dryRun: boolean): void {
+function brake(
+  plan: Plan,
+  limit: number,
+  dryRun: boolean,
+  journal: Journal,
+): void {
   if (plan.accounts.length > limit) {
-    throw new BrakeError(plan.accounts.length, limit, plan, dryRun);
+    const count = plan.accounts.length;
+    throw new BrakeError(count, limit, plan, dryRun, journal.entries);
   }
 }
+
+const NO_MAIL: MailReport = {
+  result: "not-needed",
+  accounts: 0,
+  entityIds: [],
+  accepted: [],
+  rejected: [],
+};
 
 /** Mails every finished, unreported account once; forgets them once accepted. */
 async function notify(
@@ -224,7 +247,7 @@ async function notify(
 ): Promise<MailReport> {
   const due = journal.unreported().sort((a, b) => a.entityId - b.entityId);
   if (due.length === 0) {
-    return { result: "not-needed", accounts: 0, accepted: [], rejected: [] };
+    return NO_MAIL;
   }
   const entityIds = due.map((e) => e.entityId);
   for (const entry of due.filter((e) => e.persistentId === null)) {
@@ -255,7 +278,7 @@ async function notify(
       accounts: due.length,
       recipients: outcome.accepted.length,
     });
-    return { result, accounts: due.length, ...outcome };
+    return { result, accounts: due.length, entityIds, ...outcome };
   } catch (error) {
     if (!(error instanceof MailError)) throw error;
     audit.record({
@@ -274,6 +297,7 @@ async function notify(
     return {
       result: "failed",
       accounts: due.length,
+      entityIds,
       accepted: [],
       rejected: [],
       error: error.message,

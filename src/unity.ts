@@ -184,6 +184,15 @@ export class UnityAdmin extends UnityReader {
   }
 }
 
+/**
+ * System attributes Unity refuses to remove (SchemaConsistencyException).
+ * The job still asks, and records the refusal; a plan marks them.
+ */
+export function isImmutableSystemAttribute(name: string): boolean {
+  return /^sys:(?:LastAuthentication|CredentialRequirements|Credential:.+|Preferences|AttributeClasses|userMFAOptIn)$/
+    .test(name);
+}
+
 /** True when Unity says the entity does not exist (any more). */
 export function isUnknownEntity(error: unknown): boolean {
   return error instanceof ApiError && error.status === 400 &&
