@@ -5,6 +5,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { stringify as stringifyYaml } from "yaml";
 import { resolve } from "node:path";
 import meta from "./deno.json" with { type: "json" };
 import { runChecks } from "./src/check.ts";
@@ -77,7 +78,9 @@ export async function cli(args: string[]): Promise<number> {
   try {
     flags = parseFlags(args);
   } catch (error) {
-    writeErr(`${(error as Error).message}\nRun with --help for usage.`);
+    // Node's advice about "--" and positionals does not apply here.
+    const message = (error as Error).message.split(". To specify")[0];
+    writeErr(`${message}\nRun with --help for usage.`);
     return EXIT.usage;
   }
   if (flags === "help") return write(HELP), EXIT.ok;
@@ -101,9 +104,12 @@ export async function cli(args: string[]): Promise<number> {
     log.info("configuration loaded", { file: config.file });
     for (const warning of warnings) log.warn(warning);
     warnInsecure(config, log);
-    return flags.command === "check"
-      ? await check(config, log)
-      : await run(config, flags, log);
+    if (flags.command === "check") return await check(config, log);
+    return await whileHandlingSignals(
+      log,
+      flags,
+      () => run(config, flags, log),
+    );
   } catch (error) {
     const code = failure(error, log);
     if (flags.report) await writeFailureReport(flags.report, code, error, log);
@@ -113,6 +119,7 @@ export async function cli(args: string[]): Promise<number> {
 
 async function run(config: Config, flags: Flags, log: Logger): Promise<number> {
   const dryRun = flags.dryRun || config.dryRun;
+  if (flags.report) await checkWritable(flags.report);
   let report;
   try {
     report = await runJob({
@@ -120,7 +127,7 @@ async function run(config: Config, flags: Flags, log: Logger): Promise<number> {
       dryRun,
       maxAccounts: flags.maxAccounts ?? config.maxAccountsPerRun,
       log,
-      onProgress: progressReporter(flags),
+      onProgress: progressReporter(log),
     });
   } catch (error) {
     if (error instanceof BrakeError && error.dryRun) {
@@ -139,17 +146,16 @@ async function run(config: Config, flags: Flags, log: Logger): Promise<number> {
   return report.exitCode;
 }
 
+const CHECK_EXIT = { state: EXIT.usage, unity: EXIT.api, smtp: EXIT.mail };
+
 async function check(config: Config, log: Logger): Promise<number> {
-  write(
-    `Configuration ${config.file} is valid:\n${
-      JSON.stringify(redactedConfig(config), null, 2)
-    }\n`,
-  );
+  const effective = stringifyYaml(redactedConfig(config));
+  write(`Configuration ${config.file} is valid. In effect:\n\n${effective}`);
   let code: number = EXIT.ok;
   for await (const result of runChecks(config, log)) {
     write(`${result.ok ? "ok  " : "FAIL"}  ${result.name}: ${result.detail}`);
     if (!result.ok && code === EXIT.ok) {
-      code = result.area === "unity" ? EXIT.api : EXIT.mail;
+      code = CHECK_EXIT[result.area];
     }
   }
   write(
@@ -169,6 +175,10 @@ function failure(error: unknown, log: Logger): number {
     else writeErr(error.message);
     return EXIT.usage;
   }
+  if (error instanceof UsageError) {
+    log.error(error.message);
+    return EXIT.usage;
+  }
   if (error instanceof BrakeError) {
     log.error(error.message);
     return EXIT.brake;
@@ -178,7 +188,7 @@ function failure(error: unknown, log: Logger): number {
     return EXIT.locked;
   }
   if (error instanceof ApiError || error instanceof PlanError) {
-    log.error(`${error.message}. Nothing was changed.`);
+    log.error(`${error.message.replace(/\.$/, "")}. Nothing was changed.`);
     return EXIT.api;
   }
   log.error(
@@ -190,6 +200,61 @@ function failure(error: unknown, log: Logger): number {
     },
   );
   return EXIT.internal;
+}
+
+const SIGNALS = { SIGINT: 2, SIGTERM: 15 } as const;
+
+/**
+ * Ctrl-C or systemd's SIGTERM: every journal write is atomic, so stopping
+ * at once is as safe as being killed; say so, leave the report, and exit.
+ */
+async function whileHandlingSignals(
+  log: Logger,
+  flags: Flags,
+  work: () => Promise<number>,
+): Promise<number> {
+  const handlers = Object.entries(SIGNALS).map(([name, number]) => {
+    const handler = () => {
+      const code = 128 + number;
+      const message =
+        `Stopped by ${name}: finished steps are in the journal and the next run resumes`;
+      log.error(message);
+      if (flags.report) {
+        Deno.writeTextFileSync(
+          flags.report,
+          JSON.stringify({ exitCode: code, error: message }, null, 2) + "\n",
+        );
+      }
+      Deno.exit(code);
+    };
+    Deno.addSignalListener(name as Deno.Signal, handler);
+    return [name as Deno.Signal, handler] as const;
+  });
+  try {
+    return await work();
+  } finally {
+    for (const [name, handler] of handlers) {
+      Deno.removeSignalListener(name, handler);
+    }
+  }
+}
+
+/** Fails before any change if the report could not be written at the end. */
+async function checkWritable(file: string): Promise<void> {
+  try {
+    const handle = await Deno.open(file, {
+      write: true,
+      create: true,
+      append: true,
+    });
+    handle.close();
+  } catch (error) {
+    throw new UsageError(
+      `Cannot write report "${file}": ${
+        (error as Error).message
+      } (fix --report)`,
+    );
+  }
 }
 
 /** A run that stopped early still leaves a report for monitoring. */
@@ -214,7 +279,8 @@ async function writeFailureReport(
 
 function parseFlags(args: string[]): Flags | "help" | "version" {
   const { values, positionals } = parseArgs({
-    args,
+    // `deno task start -- --help` passes its `--` through.
+    args: args[0] === "--" ? args.slice(1) : args,
     allowPositionals: true,
     strict: true,
     options: {
@@ -294,9 +360,9 @@ function warnInsecure(config: Config, log: Logger): void {
 
 /** A progress line on a terminal only; cron and pipes get nothing. */
 function progressReporter(
-  flags: Flags,
+  log: Logger,
 ): ((done: number, total: number) => void) | undefined {
-  if (!Deno.stderr.isTerminal() || flags.logFormat === "json") return undefined;
+  if (!Deno.stderr.isTerminal() || log.format === "json") return undefined;
   let last = 0;
   return (done, total) => {
     const now = Date.now();
@@ -311,15 +377,25 @@ function progressReporter(
 }
 
 function write(text: string): void {
-  Deno.stdout.writeSync(
-    new TextEncoder().encode(text.endsWith("\n") ? text : text + "\n"),
-  );
+  writeTo(Deno.stdout, text);
 }
 
 function writeErr(text: string): void {
-  Deno.stderr.writeSync(
-    new TextEncoder().encode(text.endsWith("\n") ? text : text + "\n"),
+  writeTo(Deno.stderr, text);
+}
+
+function writeTo(stream: { writeSync(p: Uint8Array): number }, text: string) {
+  const bytes = new TextEncoder().encode(
+    text.endsWith("\n") ? text : text + "\n",
   );
+  try {
+    for (let done = 0; done < bytes.length;) {
+      done += stream.writeSync(bytes.subarray(done));
+    }
+  } catch (error) {
+    // A reader that went away (`| head`) is not our failure.
+    if (!(error instanceof Deno.errors.BrokenPipe)) throw error;
+  }
 }
 
 if (import.meta.main) Deno.exit(await cli(Deno.args));

@@ -9,9 +9,12 @@ import { ApiError, UnityHttp } from "./http.ts";
 import type { Logger } from "./log.ts";
 import { MailError, verifySmtp } from "./notify.ts";
 import { UnityReader } from "./unity.ts";
+import { Journal, JournalError } from "./journal.ts";
+import { StateDirError, tryLock } from "./lock.ts";
+import { plural } from "./report.ts";
 
 export interface CheckResult {
-  readonly area: "unity" | "smtp";
+  readonly area: "state" | "unity" | "smtp";
   readonly name: string;
   readonly ok: boolean;
   readonly detail: string;
@@ -22,8 +25,38 @@ export async function* runChecks(
   config: Config,
   log: Logger,
 ): AsyncGenerator<CheckResult> {
+  yield await checkState(config);
   yield* checkUnity(config, log);
   yield await checkSmtp(config);
+}
+
+/** The state directory can be written, the journal read, the lock taken. */
+async function checkState(config: Config): Promise<CheckResult> {
+  const name = `state directory ${config.stateDir}`;
+  try {
+    const lock = await tryLock(config.stateDir);
+    if (!lock) {
+      return {
+        area: "state",
+        name,
+        ok: false,
+        detail: "another run holds the lock right now",
+      };
+    }
+    lock.release();
+    const journal = await Journal.open(config.stateDir);
+    const due = journal.entries.length;
+    return ok(
+      "state",
+      name,
+      `writable; journal holds ${plural(due, "account")} from earlier runs`,
+    );
+  } catch (error) {
+    if (!(error instanceof StateDirError || error instanceof JournalError)) {
+      throw error;
+    }
+    return { area: "state", name, ok: false, detail: error.message };
+  }
 }
 
 async function* checkUnity(
@@ -39,12 +72,19 @@ async function* checkUnity(
   const group = config.userGroup;
   try {
     const members = await reader.members(group);
+    const trusted = config.api.baseUrl.startsWith("https:")
+      ? "certificate trusted, "
+      : "";
     yield ok(
       "unity",
-      "Unity reachable, certificate trusted, credentials accepted",
+      `Unity reachable, ${trusted}credentials accepted`,
       config.api.baseUrl,
     );
-    yield ok("unity", `group ${group} exists`, `${members.length} members`);
+    yield ok(
+      "unity",
+      `group ${group} exists`,
+      plural(members.length, "member"),
+    );
     const first = members[0];
     if (first === undefined) return;
     const entity = await reader.entity(first);
@@ -53,7 +93,9 @@ async function* checkUnity(
     yield ok(
       "unity",
       "members and their attributes can be read",
-      `entity ${entity.id}: ${groups.length} groups, ${attributes.length} direct attributes in /`,
+      `entity ${entity.id}: ${plural(groups.length, "group")}, ${
+        plural(attributes.length, "direct attribute")
+      } in /`,
     );
   } catch (error) {
     if (!(error instanceof ApiError)) throw error;
@@ -92,6 +134,10 @@ async function checkSmtp(config: Config): Promise<CheckResult> {
   }
 }
 
-function ok(area: "unity" | "smtp", name: string, detail: string): CheckResult {
+function ok(
+  area: CheckResult["area"],
+  name: string,
+  detail: string,
+): CheckResult {
   return { area, name, ok: true, detail };
 }

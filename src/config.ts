@@ -118,6 +118,9 @@ export const PASSWORD_ENV = {
   smtp: "B2ACCESS_SMTP_PASSWORD",
 } as const;
 
+/** Timers cannot wait longer than 2^31 - 1 ms; a week is plenty. */
+const MAX_SECONDS = 7 * 86_400;
+
 type Shape = { readonly [key: string]: Shape | null };
 
 /** Every key the file may hold; `null` marks a leaf. */
@@ -285,7 +288,7 @@ class Reader {
       file: this.file,
       api: this.api(),
       attrWhitelist: this.strList(["attr_whitelist"]) ?? [],
-      retentionDays: this.num(["retention_period"], { min: 1 }) ??
+      retentionDays: this.num(["retention_period"], { min: 1, max: 36500 }) ??
         DEFAULTS.retentionDays,
       email: this.email(),
       userGroup: normalizeGroup(this.str(["user_group"]) ?? DEFAULTS.userGroup),
@@ -300,7 +303,7 @@ class Reader {
         this.num(["max_unreadable_share"], { min: 0, max: 1 }) ??
           DEFAULTS.maxUnreadableShare,
       runTimeoutMs: seconds(
-        this.num(["run_timeout"], { min: 1 }) ??
+        this.num(["run_timeout"], { min: 1, max: MAX_SECONDS }) ??
           DEFAULTS.runTimeoutSeconds,
       ),
     };
@@ -311,12 +314,8 @@ class Reader {
     const baseUrl = this.url(at("base_url"));
     const user = this.str(at("user"), { required: true }) ?? "";
     const password = this.password("api", PASSWORD_ENV.api, true) ?? "";
-    // Unity decodes Basic credentials as US-ASCII: anything else never matches.
-    if (/[^\x20-\x7e]/.test(user + password)) {
-      this.problem(
-        at(/[^\x20-\x7e]/.test(user) ? "user" : "password"),
-        "Unity reads credentials as US-ASCII: this one has other characters and can never match; change it in Unity",
-      );
+    if (!isPrintableAscii(user)) {
+      this.problem(at("user"), NOT_ASCII);
     }
     return {
       baseUrl: baseUrl ?? "",
@@ -326,7 +325,7 @@ class Reader {
       password,
       trust: this.trust(at("cert_verify")),
       timeoutMs: seconds(
-        this.num(at("timeout"), { min: 0.1 }) ??
+        this.num(at("timeout"), { min: 0.1, max: MAX_SECONDS }) ??
           DEFAULTS.apiTimeoutSeconds,
       ),
       maxConcurrency: this.int(at("max_concurrency"), { min: 1, max: 256 }) ??
@@ -376,7 +375,7 @@ class Reader {
       trust: this.trust(at("cert_verify")),
       allowInsecureAuth,
       timeoutMs: seconds(
-        this.num(at("timeout"), { min: 0.1 }) ??
+        this.num(at("timeout"), { min: 0.1, max: MAX_SECONDS }) ??
           DEFAULTS.smtpTimeoutSeconds,
       ),
     };
@@ -396,25 +395,35 @@ class Reader {
       this.problem(fileKey, "set either password or password_file, not both");
     }
     const fromEnv = this.env(envName);
-    if (fromEnv !== undefined && fromEnv !== "") return fromEnv;
-    if (fromFile !== undefined) return this.readSecretFile(fileKey, fromFile);
-    if (inline === undefined && required) {
+    const [key, secret] = fromEnv
+      ? [[`$${envName}`], fromEnv]
+      : fromFile !== undefined
+      ? [fileKey, this.readSecretFile(fileKey, fromFile)]
+      : [[...base, "password"], inline];
+    if (secret === undefined && fromFile === undefined && required) {
       this.problem(
-        [...base, "password"],
+        key,
         `missing: set password, password_file or the environment variable ${envName}`,
       );
     }
-    return inline;
+    // Unity decodes Basic credentials as US-ASCII: anything else never matches.
+    if (section === "api" && secret && !isPrintableAscii(secret)) {
+      this.problem(key, NOT_ASCII);
+    }
+    return secret;
   }
 
   readSecretFile(key: string[], path: string): string | undefined {
     const full = resolve(dirname(this.file), path);
+    let secret;
     try {
-      return Deno.readTextFileSync(full).replace(/\r?\n$/, "");
+      secret = Deno.readTextFileSync(full).replace(/[\r\n]+$/, "");
     } catch (error) {
       this.problem(key, `cannot read "${full}": ${(error as Error).message}`);
       return undefined;
     }
+    if (secret === "") this.problem(key, `"${full}" is empty`);
+    return secret || undefined;
   }
 
   trust(key: string[]): Trust {
@@ -681,7 +690,7 @@ function permissionWarnings(file: string, text: string): string[] {
     const mode = Deno.statSync(file).mode;
     if (mode !== null && (mode & 0o004) !== 0 && holdsPassword.test(text)) {
       return [
-        `config "${file}" holds a password and is readable by every user: run chmod o-r on it, or move the password to a password_file`,
+        `config "${file}" holds a password and is readable by every user: run chmod 600 on it, or move the password to a password_file`,
       ];
     }
   } catch {
@@ -698,8 +707,18 @@ function seconds(value: number): number {
   return Math.round(value * 1000);
 }
 
+const NOT_ASCII =
+  "has characters other than printable US-ASCII: Unity reads credentials as US-ASCII, so it can never match (change it in Unity)";
+
+function isPrintableAscii(text: string): boolean {
+  return /^[\x20-\x7e]*$/.test(text);
+}
+
 function show(value: unknown): string {
   if (value === null || value === undefined) return "nothing";
+  if (typeof value === "number" && !Number.isFinite(value)) {
+    return `the number ${value}`;
+  }
   if (Array.isArray(value)) return "a list";
   if (typeof value === "object") return "a mapping";
   return `${typeof value} ${JSON.stringify(value)}`;
@@ -745,32 +764,53 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
-/** A copy of the configuration safe to print: no password, no CA PEM. */
+/**
+ * The effective configuration under the file's own key names, defaults
+ * filled in, safe to print: passwords masked, the mail body only measured.
+ */
 export function redactedConfig(config: Config): Record<string, unknown> {
   const mask = (secret: string | null) => (secret ? "********" : null);
-  const trust = (t: Trust) =>
-    t.kind === "ca" ? t.path : t.kind === "insecure" ? false : true;
+  const trust = (t: Trust) => t.kind === "ca" ? t.path : t.kind !== "insecure";
+  const { api, email } = config;
   return {
-    file: config.file,
     api: {
-      ...config.api,
-      password: mask(config.api.password),
-      trust: trust(config.api.trust),
+      base_url: api.baseUrl,
+      path: api.path,
+      version: api.version,
+      user: api.user,
+      password: mask(api.password),
+      cert_verify: trust(api.trust),
+      timeout: api.timeoutMs / 1000,
+      max_concurrency: api.maxConcurrency,
+      bulk_members: api.bulkMembers,
+      retries: api.retries,
     },
-    email: {
-      ...config.email,
-      password: mask(config.email.password),
-      trust: trust(config.email.trust),
+    attr_whitelist: config.attrWhitelist,
+    retention_period: config.retentionDays,
+    notifications: {
+      email: {
+        host: email.host,
+        port: email.port,
+        use_tls: email.security === "starttls",
+        implicit_tls: email.security === "implicit",
+        user: email.user,
+        password: mask(email.password),
+        allow_insecure_auth: email.allowInsecureAuth,
+        cert_verify: trust(email.trust),
+        timeout: email.timeoutMs / 1000,
+        from: email.from,
+        to: email.to,
+        subject: email.subject,
+        intro_text: `(${email.introText.length} characters)`,
+      },
     },
-    attrWhitelist: config.attrWhitelist,
-    retentionDays: config.retentionDays,
-    userGroup: config.userGroup,
-    logLevel: config.logLevel,
-    logFormat: config.logFormat,
-    dryRun: config.dryRun,
-    stateDir: config.stateDir,
-    maxAccountsPerRun: config.maxAccountsPerRun,
-    maxUnreadableShare: config.maxUnreadableShare,
-    runTimeoutMs: config.runTimeoutMs,
+    user_group: config.userGroup,
+    log_level: config.logLevel,
+    log_format: config.logFormat,
+    dry_run: config.dryRun,
+    state_dir: config.stateDir,
+    max_accounts_per_run: config.maxAccountsPerRun,
+    max_unreadable_share: config.maxUnreadableShare,
+    run_timeout: config.runTimeoutMs / 1000,
   };
 }

@@ -26,6 +26,36 @@ export class StateDirError extends Error {
 }
 
 /**
+ * Creates the state directory, but not its parents: a missing parent is more
+ * likely a typo in state_dir than a wish.
+ */
+async function ensureDirectory(dir: string): Promise<void> {
+  try {
+    await Deno.mkdir(dir, { mode: 0o700 });
+  } catch (error) {
+    if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+    if (!(await Deno.stat(dir)).isDirectory) {
+      throw new Error("it is not a directory");
+    }
+  }
+}
+
+/** The pid written by the run holding the lock, if it can be read. */
+export async function lockHolder(
+  stateDir: string,
+): Promise<number | undefined> {
+  try {
+    const pid = Number.parseInt(
+      await Deno.readTextFile(join(stateDir, LOCK_FILE)),
+      10,
+    );
+    return Number.isSafeInteger(pid) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * Takes the lock without waiting. Returns undefined when another run holds
  * it.
  *
@@ -35,7 +65,7 @@ export async function tryLock(stateDir: string): Promise<RunLock | undefined> {
   const file = join(stateDir, LOCK_FILE);
   let handle: Deno.FsFile;
   try {
-    await Deno.mkdir(stateDir, { recursive: true, mode: 0o700 });
+    await ensureDirectory(stateDir);
     handle = await Deno.open(file, {
       read: true,
       write: true,

@@ -104,7 +104,7 @@ export async function verifySmtp(email: EmailConfig): Promise<void> {
   try {
     await transport.verify();
   } catch (error) {
-    throw mailError(email, error, "connect, secure and authenticate");
+    throw mailError(email, error, "reach the SMTP server");
   } finally {
     transport.close();
   }
@@ -179,10 +179,13 @@ function mailError(
     ? " (check notifications.email.user and password)"
     : code === "ETIMEDOUT"
     ? ` (no answer within ${email.timeoutMs} ms: notifications.email.timeout)`
-    : code === "ECONNECTION" || code === "ESOCKET"
+    : (code === "ECONNECTION" || code === "ESOCKET") &&
+        email.security !== "none"
     ? ` (check notifications.email.host/port and TLS settings; trusted: ${
       tlsSettings(email.trust).source
     })`
+    : code === "ECONNECTION" || code === "ESOCKET"
+    ? " (check notifications.email.host and port)"
     : "";
   return new MailError(
     `Cannot ${doing} via ${server}: ${code ?? "error"}: ${said}${hint}`,

@@ -79,8 +79,12 @@ export function summaryLine(report: RunReport): string {
       plural(mail.accepted.length, "recipient")
     }` +
       (mail.rejected.length > 0 ? `, refused for ${mail.rejected.length}` : "");
-  return `Run ${report.runId}: ${plan.scanned} members of ${plan.group} read, ${plan.accounts.length} newly selected, ` +
-    `${report.failed.length} failure(s); ${mailText}; ${report.requests} Unity requests.`;
+  return `Run ${report.runId}: ${
+    plural(plan.scanned, "member")
+  } of ${plan.group} read, ${plan.accounts.length} newly selected, ` +
+    `${plural(report.failed.length, "failure")}; ${mailText}; ${
+      plural(report.requests, "Unity request")
+    }.`;
 }
 
 /** The `--report` document: machine-readable, no secrets, no mail body. */
@@ -125,6 +129,7 @@ function table(header: string[], rows: string[][]): string[] {
   return [line(header), ...rows.map(line)];
 }
 
-function plural(count: number, noun: string): string {
+/** "1 account", "2 accounts". */
+export function plural(count: number, noun: string): string {
   return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }

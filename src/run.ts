@@ -5,12 +5,13 @@
  * change.
  */
 
+import { join } from "node:path";
 import { applyPending, removalTime } from "./apply.ts";
 import { Audit } from "./audit.ts";
 import type { Config } from "./config.ts";
 import { UnityHttp } from "./http.ts";
 import { Journal, type JournalEntry } from "./journal.ts";
-import { tryLock } from "./lock.ts";
+import { LOCK_FILE, lockHolder, tryLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import { MailError, sendReport } from "./notify.ts";
 import { makePlan, type Plan } from "./plan.ts";
@@ -38,9 +39,12 @@ export class BrakeError extends Error {
     /** The journal's accounts, for a dry run's table. */
     readonly journal: readonly JournalEntry[],
   ) {
+    const check = dryRun
+      ? "Check the accounts listed above"
+      : "Check the group and the accounts (--dry-run lists them)";
     super(
-      `Stopped before any change: ${count} accounts qualify for deprovisioning, more than max_accounts_per_run (${limit}). ` +
-        `Check the group and the accounts (--dry-run lists them); if this is right, run once with --max-accounts ${count}`,
+      `Stopped before any change: ${count} accounts qualify for deprovisioning, more than the limit of ${limit} ` +
+        `(max_accounts_per_run, or --max-accounts). ${check}; if this is right, run once with --max-accounts ${count}`,
     );
     this.name = "BrakeError";
   }
@@ -48,9 +52,10 @@ export class BrakeError extends Error {
 
 /** Another run holds the lock. */
 export class LockedError extends Error {
-  constructor(readonly file: string) {
+  constructor(readonly file: string, readonly pid?: number) {
+    const holder = pid ? ` (pid ${pid})` : "";
     super(
-      `Another run is in progress (it holds the lock on "${file}"); nothing was done. Try again when it has finished`,
+      `Another run${holder} is in progress: it holds the lock on "${file}"; nothing was done. Try again when it has finished`,
     );
     this.name = "LockedError";
   }
@@ -110,7 +115,12 @@ export async function runJob(options: RunOptions): Promise<RunReport> {
   if (options.dryRun) return await dryRun(options);
   const { config, log } = options;
   const lock = await tryLock(config.stateDir);
-  if (!lock) throw new LockedError(`${config.stateDir}/lock`);
+  if (!lock) {
+    throw new LockedError(
+      join(config.stateDir, LOCK_FILE),
+      await lockHolder(config.stateDir),
+    );
+  }
   const runId = crypto.randomUUID();
   const deadline = AbortSignal.timeout(config.runTimeoutMs);
   const http = new UnityHttp({
@@ -191,7 +201,7 @@ async function dryRun(options: RunOptions): Promise<RunReport> {
     return {
       runId: "dry-run",
       dryRun: true,
-      exitCode: EXIT.ok,
+      exitCode: plan.unreadable.length > 0 ? EXIT.partial : EXIT.ok,
       plan,
       accounts: journal.entries,
       failed: plan.unreadable,

@@ -554,8 +554,47 @@ Deno.test("parseConfig() refuses Unity credentials that are not US-ASCII", () =>
   assert.deepEqual(user.map((p) => [p.key, p.line]), [["api.user", 3]]);
 
   const fromEnv = problemsOf(MINIMAL, { B2ACCESS_API_PASSWORD: "naïve" });
-  assert.deepEqual(fromEnv.map((p) => p.key), ["api.password"]);
+  assert.deepEqual(fromEnv.map((p) => p.key), ["$B2ACCESS_API_PASSWORD"]);
   assert.equal(fromEnv.some((p) => p.message.includes("naïve")), false);
+});
+
+Deno.test("parseConfig() names password_file when the file's password is bad or empty", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/empty`, "\n");
+    await Deno.writeTextFile(`${dir}/crlf`, "s3cret\r\n\r\n");
+    await Deno.writeTextFile(`${dir}/umlaut`, "pässwort\n");
+    const withFile = (name: string) =>
+      MINIMAL.replace(
+        'password: "api-secret"',
+        `password_file: "${dir}/${name}"`,
+      );
+
+    const empty = problemsOf(withFile("empty"));
+    assert.deepEqual(empty.map((p) => p.key), ["api.password_file"]);
+    assert.match(empty[0]!.message, /is empty/);
+    assert.equal(parse(withFile("crlf")).api.password, "s3cret");
+    const umlaut = problemsOf(withFile("umlaut"));
+    assert.deepEqual(umlaut.map((p) => p.key), ["api.password_file"]);
+    assert.match(umlaut[0]!.message, /US-ASCII/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("parseConfig() refuses timeouts and retention beyond what a timer can hold", () => {
+  for (
+    const line of [
+      "retention_period: 99999999999999999999",
+      "run_timeout: 1000000000000",
+    ]
+  ) {
+    const key = line.split(":")[0]!;
+    assert.match(
+      problemAt(problemsOf(MINIMAL + line + "\n"), key).message,
+      /out of range/,
+    );
+  }
 });
 
 Deno.test("parseConfig() accepts a non-ASCII SMTP password", () => {
@@ -915,17 +954,27 @@ Deno.test("redactedConfig() never contains a password or the CA certificate", as
       assert.equal(text.includes(secret), false, secret);
     }
     const api = redacted.api as Record<string, unknown>;
-    const email = redacted.email as Record<string, unknown>;
+    const email =
+      (redacted.notifications as Record<string, Record<string, unknown>>)
+        .email!;
     assert.equal(api.password, "********");
     assert.equal(email.password, "********");
-    assert.equal(api.trust, join(dir, "ca.pem"));
-    assert.equal(email.trust, true);
+    assert.equal(api.cert_verify, join(dir, "ca.pem"));
+    assert.equal(email.cert_verify, true);
     assert.equal(api.user, "unity_user");
+    assert.equal(
+      email.intro_text,
+      `(${config.email.introText.length} characters)`,
+    );
   });
 });
 
 Deno.test("redactedConfig() shows an absent SMTP password as null", () => {
   const redacted = redactedConfig(parse(MINIMAL));
 
-  assert.equal((redacted.email as Record<string, unknown>).password, null);
+  const notifications = redacted.notifications as Record<
+    string,
+    Record<string, unknown>
+  >;
+  assert.equal(notifications.email!.password, null);
 });

@@ -938,7 +938,7 @@ Deno.test("a second run while one holds the lock exits 5 at once, touching nothi
     const second = await world.run();
     assertExit(second, 5);
     assert.ok(second.ms < STARTUP_SLACK_MS, `took ${second.ms} ms`);
-    assert.match(second.stderr, /Another run is in progress/);
+    assert.match(second.stderr, /Another run \(pid \d+\) is in progress/);
     assert.equal(world.sim.requests.length, requests, "no request to Unity");
     assert.equal(
       await Deno.readTextFile(join(world.stateDir, "journal.json")),
