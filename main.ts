@@ -58,6 +58,7 @@ Exit codes:
   5  another run holds the lock; nothing done
   6  some accounts, members or recipients failed; the rest was done
   7  the notification could not be delivered; it is retried next run
+  130, 143  stopped by SIGINT or SIGTERM; the next run resumes
 `;
 
 interface Flags {
