@@ -36,6 +36,14 @@ export function removalTime(retentionDays: number, now: number): number {
   return Math.round(now + retentionDays * DAY_MS);
 }
 
+/** What every step works with. */
+interface Context {
+  readonly admin: UnityAdmin;
+  readonly journal: Journal;
+  readonly audit: Audit;
+  readonly options: ApplyOptions;
+}
+
 /** Runs the unfinished steps of every pending account in the journal. */
 export async function applyPending(
   admin: UnityAdmin,
@@ -43,13 +51,14 @@ export async function applyPending(
   audit: Audit,
   options: ApplyOptions,
 ): Promise<ApplyResult> {
+  const context = { admin, journal, audit, options };
   const completed: number[] = [];
   const failed: { entityId: number; error: string }[] = [];
   const pending = journal.pending().sort((a, b) => a.entityId - b.entityId);
 
   await forEachLimit(pending, options.concurrency, async (entry) => {
     try {
-      await applyAccount(admin, entry, journal, audit, options);
+      await applyAccount(context, entry);
       delete entry.lastError;
       completed.push(entry.entityId);
     } catch (error) {
@@ -78,15 +87,13 @@ export async function applyPending(
 }
 
 async function applyAccount(
-  admin: UnityAdmin,
+  context: Context,
   entry: JournalEntry,
-  journal: Journal,
-  audit: Audit,
-  options: ApplyOptions,
 ): Promise<void> {
+  const { audit, options } = context;
   try {
-    await stripAttributes(admin, entry, audit, options.log);
-    await scheduleRemoval(admin, entry, journal, audit, options);
+    await stripAttributes(context, entry);
+    await scheduleRemoval(context, entry);
   } catch (error) {
     if (!isUnknownEntity(error)) throw error;
     // Removed by someone else meanwhile: nothing left to strip, still to report.
@@ -103,11 +110,10 @@ async function applyAccount(
 }
 
 async function stripAttributes(
-  admin: UnityAdmin,
+  context: Context,
   entry: JournalEntry,
-  audit: Audit,
-  log: Logger,
 ): Promise<void> {
+  const { admin, audit, options: { log } } = context;
   for (const removal of entry.removals) {
     if (removal.outcome) continue;
     const outcome = await admin.removeAttribute(
@@ -145,12 +151,10 @@ async function stripAttributes(
 }
 
 async function scheduleRemoval(
-  admin: UnityAdmin,
+  context: Context,
   entry: JournalEntry,
-  journal: Journal,
-  audit: Audit,
-  options: ApplyOptions,
 ): Promise<void> {
+  const { admin, journal, audit, options } = context;
   if (entry.scheduled) return;
   const now = options.now?.() ?? Date.now();
   if (entry.when < now + MIN_LEAD_MS) {

@@ -259,54 +259,59 @@ async function notify(
   if (due.length === 0) {
     return NO_MAIL;
   }
-  const entityIds = due.map((e) => e.entityId);
   for (const entry of due.filter((e) => e.persistentId === null)) {
     log.warn("account has no persistent id; it cannot be named in users.json", {
       entityId: entry.entityId,
     });
   }
 
+  const report = await deliver(config, due, journal, log, deadline);
+  audit.record({
+    event: "mail",
+    result: report.result,
+    accounts: report.accounts,
+    entityIds: [...report.entityIds],
+    accepted: [...report.accepted],
+    rejected: report.rejected.map((r) => r.address),
+    error: report.error,
+  });
+  return report;
+}
+
+/** Sends the mail; clears the accounts from the journal once it was accepted. */
+async function deliver(
+  config: Config,
+  due: readonly JournalEntry[],
+  journal: Journal,
+  log: Logger,
+  deadline: AbortSignal,
+): Promise<MailReport & { result: "accepted" | "partly-refused" | "failed" }> {
+  const entityIds = due.map((e) => e.entityId);
+  const accounts = due.length;
   try {
     const outcome = await sendReport(config.email, due, deadline);
     await journal.remove(entityIds);
-    const result = outcome.rejected.length > 0 ? "partly-refused" : "accepted";
     for (const refusal of outcome.rejected) {
       log.error("recipient refused the notification", {
         recipient: refusal.address,
         response: refusal.response,
       });
     }
-    audit.record({
-      event: "mail",
-      result,
-      accounts: due.length,
-      entityIds,
-      accepted: [...outcome.accepted],
-      rejected: outcome.rejected.map((r) => r.address),
-    });
     log.info("notification sent", {
-      accounts: due.length,
+      accounts,
       recipients: outcome.accepted.length,
     });
-    return { result, accounts: due.length, entityIds, ...outcome };
+    const result = outcome.rejected.length > 0 ? "partly-refused" : "accepted";
+    return { result, accounts, entityIds, ...outcome };
   } catch (error) {
     if (!(error instanceof MailError)) throw error;
-    audit.record({
-      event: "mail",
-      result: "failed",
-      accounts: due.length,
-      entityIds,
-      accepted: [],
-      rejected: [],
-      error: error.message,
-    });
     log.error(
       "notification not delivered; its accounts stay in the journal for the next run",
-      { accounts: due.length, error: error.message },
+      { accounts, error: error.message },
     );
     return {
       result: "failed",
-      accounts: due.length,
+      accounts,
       entityIds,
       accepted: [],
       rejected: [],
