@@ -6,11 +6,15 @@
  */
 
 import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { parse as parseYaml } from "yaml";
 import meta from "../deno.json" with { type: "json" };
+import { assertInvariants, baselineOf } from "./support/invariants.ts";
 import {
   type CliResult,
   exists,
   expectedUsersJson,
+  FROM,
   RECIPIENTS,
   runCli,
   type Scenario,
@@ -700,3 +704,365 @@ Deno.test("while one run holds the lock a second exits 5 at once; after the firs
     assert.ok(deletes.length >= 12, "every attribute removal was sent");
   });
 });
+
+// ---- signals, state directory, output edge cases -----------------------------
+
+/**
+ * Starts a real run that hangs on its first DELETE, stops it with `signal`
+ * once Unity has seen that DELETE, and returns what it left behind.
+ */
+async function stopMidRun(
+  s: Scenario,
+  signal: Deno.Signal,
+  report: string,
+): Promise<CliResult> {
+  s.sim.fault({ method: "DELETE", hang: true });
+  const run = s.spawnCli(["--config", s.configPath, "--report", report]);
+  try {
+    await waitFor(
+      "the run's first DELETE",
+      () => s.sim.requests.some((r) => r.method === "DELETE"),
+    );
+    run.child.kill(signal);
+    return await run.result;
+  } finally {
+    // Whatever happened above, leave no process behind.
+    try {
+      run.child.kill("SIGKILL");
+    } catch {
+      // Already gone.
+    }
+    await run.result.catch(() => undefined);
+  }
+}
+
+for (const [signal, code] of [["SIGTERM", 143], ["SIGINT", 130]] as const) {
+  Deno.test(`${signal} during a run exits ${code}, leaves the exit code in --report, and the next run finishes the job`, async () => {
+    await withScenario(
+      { config: { api: { max_concurrency: 1 } } },
+      async (s) => {
+        seedDisabled(s.sim, 3);
+        const baseline = baselineOf(s.sim);
+        const report = `${s.dir}/report.json`;
+
+        const stopped = await stopMidRun(s, signal, report);
+
+        assertExit(stopped, code);
+        assert.match(
+          stopped.stderr,
+          new RegExp(`Stopped by ${signal}\\b.*next run resumes`),
+        );
+        const doc = JSON.parse(await Deno.readTextFile(report));
+        assert.equal(doc.exitCode, code);
+        assert.match(doc.error, new RegExp(signal));
+        assert.equal(s.smtp!.mails.length, 0, "no mail from the stopped run");
+
+        s.sim.clearFaults();
+        const resumed = await s.run();
+
+        assertExit(resumed, 0);
+        await assertInvariants({
+          sim: s.sim,
+          mails: s.smtp!.mails,
+          stateDir: s.stateDir,
+          baseline,
+        });
+        assert.equal(s.smtp!.mails.length, 1);
+      },
+    );
+  });
+}
+
+Deno.test("--report in a directory that does not exist exits 2 before any change, naming the path and --report", async () => {
+  await withScenario({}, async (s) => {
+    seedDisabled(s.sim, 2);
+    const before = s.sim.snapshot();
+    const missing = `${s.dir}/no-such-dir`;
+    const report = `${missing}/r.json`;
+
+    const result = await s.run("--report", report);
+
+    assertExit(result, 2);
+    assert.ok(result.stderr.includes(`"${report}"`), result.stderr);
+    assert.match(result.stderr, /--report/);
+    assert.deepEqual(nonGets(s.sim), []);
+    assert.deepEqual(s.sim.snapshot(), before);
+    assert.equal(s.smtp!.sessions.length, 0);
+    assert.equal(await exists(missing), false);
+    assert.equal(await exists(`${s.stateDir}/journal.json`), false);
+  });
+});
+
+Deno.test("a leading -- (as deno task start -- ... passes it) is ignored before flags and commands", async () => {
+  await withScenario({}, async (s) => {
+    const version = await s.runCli(["--", "--version"]);
+    assertExit(version, 0);
+    assert.equal(version.stdout, `b2access-deprovision ${meta.version}\n`);
+
+    const check = await s.runCli(["--", "check", "--config", s.configPath]);
+    assertExit(check, 0);
+    assert.ok(
+      check.stdout.startsWith(`Configuration ${s.configPath} is valid.`),
+      check.stdout,
+    );
+    assert.match(check.stdout, /All checks passed\.\n$/);
+    assert.equal(s.smtp!.mails.length, 0);
+
+    const task = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "start", "--", "--version"],
+      cwd: fileURLToPath(new URL("..", import.meta.url)),
+      env: { DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1" },
+      stdin: "null",
+    }).output();
+    assert.equal(task.code, 0, new TextDecoder().decode(task.stderr));
+    assert.equal(
+      new TextDecoder().decode(task.stdout),
+      `b2access-deprovision ${meta.version}\n`,
+    );
+  });
+});
+
+Deno.test("an unknown option exits 2 naming it, without Node's advice about positionals and --", async () => {
+  for (const option of ["--bogus", "-x"]) {
+    const result = await runCli([option]);
+    assertExit(result, 2);
+    assert.ok(
+      result.stderr.includes(`Unknown option '${option}'`),
+      result.stderr,
+    );
+    assert.doesNotMatch(result.stderr, /positional|after '--'|To specify/);
+    assert.match(result.stderr, /Run with --help for usage\./);
+    assert.equal(result.stdout, "");
+  }
+});
+
+Deno.test("check with state_dir naming a regular file exits 2 and says it is not a directory", async () => {
+  await withScenario({}, async (s) => {
+    const file = `${s.dir}/not-a-dir`;
+    await Deno.writeTextFile(file, "a file\n");
+    await s.writeConfig({ state_dir: file });
+
+    const result = await s.run("check");
+
+    assertExit(result, 2);
+    const fail = result.stdout.split("\n").find((l) => l.startsWith("FAIL"));
+    assert.ok(fail, result.stdout);
+    assert.ok(fail.includes(`state directory ${file}`), fail);
+    assert.match(fail, /not a directory/);
+    assert.match(result.stdout, /Some checks failed/);
+    assert.equal(await Deno.readTextFile(file), "a file\n");
+    assert.deepEqual(nonGets(s.sim), []);
+  });
+});
+
+Deno.test("check while a run holds the lock reports a FAIL line about the lock", async () => {
+  await withScenario({ config: { api: { max_concurrency: 1 } } }, async (s) => {
+    seedDisabled(s.sim, 2);
+    s.sim.fault({ method: "DELETE", hang: true });
+    const holder = s.spawnCli(["--config", s.configPath]);
+    try {
+      await waitFor(
+        "the run's first DELETE",
+        () => s.sim.requests.some((r) => r.method === "DELETE"),
+      );
+
+      const result = await s.run("check");
+
+      assertExit(result, 2);
+      const fail = result.stdout.split("\n").find((l) => l.startsWith("FAIL"));
+      assert.ok(fail, result.stdout);
+      assert.ok(fail.includes(`state directory ${s.stateDir}`), fail);
+      assert.match(fail, /another run holds the lock/);
+      assert.match(result.stdout, /^ok {4}Unity reachable/m);
+    } finally {
+      holder.child.kill("SIGKILL");
+      await holder.result;
+    }
+  });
+});
+
+Deno.test("a run whose state_dir is a regular file or has no parent exits 2 naming it, before any request", async () => {
+  await withScenario({}, async (s) => {
+    seedDisabled(s.sim, 2);
+    const before = s.sim.snapshot();
+    const file = `${s.dir}/not-a-dir`;
+    await Deno.writeTextFile(file, "a file\n");
+    const orphan = `${s.dir}/missing-parent/state`;
+
+    const cases = [
+      [file, /not a directory/],
+      [orphan, /No such file or directory/],
+    ] as const;
+    for (const [dir, why] of cases) {
+      await s.writeConfig({ state_dir: dir });
+
+      const result = await s.run();
+
+      assertExit(result, 2);
+      assert.ok(
+        result.stderr.includes(`Cannot use state directory "${dir}"`),
+        result.stderr,
+      );
+      assert.match(result.stderr, why);
+      assert.match(result.stderr, /set state_dir/);
+    }
+    assert.equal(s.sim.requests.length, 0, "no request to Unity");
+    assert.deepEqual(s.sim.snapshot(), before);
+    assert.equal(s.smtp!.sessions.length, 0);
+    assert.equal(await Deno.readTextFile(file), "a file\n");
+    assert.equal(await exists(`${s.dir}/missing-parent`), false);
+  });
+});
+
+Deno.test("a dry run with one unreadable member exits 6, like the real run, and still prints the plan", async () => {
+  await withScenario({
+    config: {
+      api: { bulk_members: false, retries: 0 },
+      max_unreadable_share: 0.5,
+    },
+  }, async (s) => {
+    const [first, unreadable, last] = seedDisabled(s.sim, 3);
+    s.sim.fault({
+      method: "GET",
+      path: new RegExp(`^/entity/${unreadable}$`),
+      status: 500,
+      times: Infinity,
+    });
+    const before = s.sim.snapshot();
+
+    const dry = await s.run("--dry-run");
+
+    assertExit(dry, 6);
+    assert.match(dry.stdout, /^Dry run: nothing was changed\./);
+    assert.match(
+      dry.stdout,
+      /2 to deprovision, 0 already scheduled.*1 unreadable/,
+    );
+    for (const id of [first, last]) {
+      assert.match(dry.stdout, new RegExp(`^${id} `, "m"));
+    }
+    assert.doesNotMatch(dry.stdout, new RegExp(`^${unreadable} `, "m"));
+    assert.match(
+      dry.stdout,
+      new RegExp(`^Unreadable: entity ${unreadable}: `, "m"),
+    );
+    assert.ok(
+      s.sim.requests.every((r) => !r.path.includes("/group-members")),
+      "members listed one by one",
+    );
+    assert.deepEqual(nonGets(s.sim), []);
+    assert.deepEqual(s.sim.snapshot(), before);
+    assert.equal(s.smtp!.sessions.length, 0);
+
+    const real = await s.run();
+
+    assertExit(real, 6);
+    assert.ok(isScheduled(s.sim, first!) && isScheduled(s.sim, last!));
+    assert.deepEqual(
+      s.sim.entity(unreadable!),
+      before.find((e) => e.id === unreadable),
+    );
+  });
+});
+
+Deno.test("the summary line at --log-level INFO counts accounts and recipients with correct plurals", async () => {
+  await withScenario({
+    config: { notifications: { email: { to: [RECIPIENTS[0]] } } },
+  }, async (s) => {
+    seedDisabled(s.sim, 1);
+
+    const one = await s.run("--log-level", "INFO");
+
+    assertExit(one, 0);
+    assert.match(
+      one.stdout,
+      /; notification of 1 account accepted for 1 recipient; /,
+    );
+    assert.match(one.stdout, /, 0 failures; /);
+    assert.doesNotMatch(one.stdout, /\b1 (accounts|recipients|failures)\b/);
+
+    seedDisabled(s.sim, 2);
+    await s.writeConfig({ notifications: { email: { to: [...RECIPIENTS] } } });
+
+    const two = await s.run("--log-level", "INFO");
+
+    assertExit(two, 0);
+    assert.match(
+      two.stdout,
+      /; notification of 2 accounts accepted for 3 recipients; /,
+    );
+  });
+});
+
+Deno.test("a reader that closes stdout early does not turn a successful run into an internal error", async () => {
+  await withScenario({}, async (s) => {
+    seedDisabled(s.sim, 3);
+    const closed = { closeStdout: true };
+
+    const dry = await s.runCli(["--config", s.configPath, "--dry-run"], closed);
+
+    assertExit(dry, 0);
+    assert.doesNotMatch(dry.stderr, /Internal error|BrokenPipe/i);
+    assert.deepEqual(nonGets(s.sim), []);
+
+    const real = await s.runCli([
+      "--config",
+      s.configPath,
+      "--log-level",
+      "INFO",
+    ], closed);
+
+    assertExit(real, 0);
+    assert.doesNotMatch(real.stderr, /Internal error|BrokenPipe/i);
+    assert.equal(s.smtp!.mails.length, 1, "the job still finished");
+  });
+});
+
+Deno.test("check prints the effective config as YAML under the file's own keys, secrets masked, intro_text as a length", async () => {
+  await withScenario({}, async (s) => {
+    const result = await s.run("check");
+
+    assertExit(result, 0);
+    const out = result.stdout;
+    const start = out.indexOf("In effect:\n\n") + "In effect:\n\n".length;
+    const end = out.search(/^(ok {2}|FAIL)/m);
+    assert.ok(start > 0 && end > start, out);
+    const yamlText = out.slice(start, end);
+    const doc = parseYaml(yamlText) as Record<string, Record<string, unknown>>;
+
+    assert.match(yamlText, /^ {2}base_url: /m);
+    assert.match(yamlText, /^retention_period: 365$/m);
+    assert.match(yamlText, /^user_group: \/$/m);
+    assert.equal(yamlText.match(/^ +password: "\*{8}"$/gm)?.length, 2);
+    assert.equal(doc.api!.base_url, s.sim.url);
+    assert.equal(doc.api!.user, SECRETS.unityUser);
+    assert.equal(doc.api!.password, "********");
+    assert.equal(doc.retention_period, 365);
+    assert.equal(doc.user_group, "/");
+    const email = (doc.notifications!.email ?? {}) as Record<string, unknown>;
+    assert.equal(email.password, "********");
+    assert.equal(email.from, FROM);
+    assert.deepEqual(email.to, [...RECIPIENTS]);
+    assert.equal(
+      email.intro_text,
+      `(${SECRETS.introText.length} characters)`,
+    );
+    assert.ok(!out.includes(SECRETS.introText), "no mail body");
+    assert.ok(!out.includes(SECRETS.unityPassword));
+    assert.ok(!out.includes(SECRETS.smtpPassword));
+    for (const key of keysOf(doc)) {
+      assert.match(key, /^[a-z_]+(\.[a-z_]+)*$/, "snake_case like the file");
+    }
+  });
+});
+
+/** Every key path in a parsed YAML document, dotted. */
+function keysOf(value: unknown, prefix = ""): string[] {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return [];
+  }
+  return Object.entries(value).flatMap(([key, inner]) => [
+    `${prefix}${key}`,
+    ...keysOf(inner, `${prefix}${key}.`),
+  ]);
+}

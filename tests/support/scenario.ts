@@ -72,6 +72,11 @@ export interface CliOptions {
   cwd?: string;
   /** The process is killed (SIGKILL) after this long; default 30 s. */
   timeoutMs?: number;
+  /**
+   * Close the reading end of stdout at once, as `| head -c0` would; the
+   * result's stdout is then "".
+   */
+  closeStdout?: boolean;
 }
 
 /** A running command line, for tests that act while it works. */
@@ -183,7 +188,10 @@ export function spawnCli(args: string[], options: CliOptions = {}): CliProcess {
       // Already gone.
     }
   }, timeoutMs);
-  const result = child.output().then((out) => {
+  const output = options.closeStdout
+    ? outputWithStdoutClosed(child)
+    : child.output();
+  const result = output.then((out) => {
     clearTimeout(timer);
     const ms = performance.now() - started;
     if (out.signal === "SIGKILL" && ms >= timeoutMs) {
@@ -199,6 +207,18 @@ export function spawnCli(args: string[], options: CliOptions = {}): CliProcess {
     };
   });
   return { child, result };
+}
+
+/** Closes the child's stdout pipe unread, then collects stderr and status. */
+async function outputWithStdoutClosed(
+  child: Deno.ChildProcess,
+): Promise<Deno.CommandOutput> {
+  await child.stdout.cancel();
+  const [stderr, status] = await Promise.all([
+    new Response(child.stderr).bytes(),
+    child.status,
+  ]);
+  return { ...status, stdout: new Uint8Array(), stderr };
 }
 
 /** Runs main.ts to the end; see `spawnCli`. */
