@@ -73,6 +73,9 @@ interface Flags {
 
 class UsageError extends Error {}
 
+/** The --report file cannot be written: there is nowhere to report that. */
+class ReportPathError extends UsageError {}
+
 /** Runs the command line and returns the exit code. */
 export async function cli(args: string[]): Promise<number> {
   let flags: Flags | "help" | "version";
@@ -113,7 +116,9 @@ export async function cli(args: string[]): Promise<number> {
     );
   } catch (error) {
     const code = failure(error, log);
-    if (flags.report) await writeFailureReport(flags.report, code, error, log);
+    if (flags.report && !(error instanceof ReportPathError)) {
+      await writeFailureReport(flags.report, code, error, log);
+    }
     return code;
   }
 }
@@ -250,7 +255,7 @@ async function checkWritable(file: string): Promise<void> {
     });
     handle.close();
   } catch (error) {
-    throw new UsageError(
+    throw new ReportPathError(
       `Cannot write report "${file}": ${
         (error as Error).message
       } (fix --report)`,

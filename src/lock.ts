@@ -4,7 +4,7 @@
  * there is never a stale lock to clean up.
  */
 
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 export const LOCK_FILE = "lock";
 
@@ -38,6 +38,27 @@ async function ensureDirectory(dir: string): Promise<void> {
       throw new Error("it is not a directory");
     }
   }
+}
+
+/**
+ * Checks, creating nothing, that the state directory could be used: it is a
+ * directory, or it is missing but its parent exists. For dry runs.
+ *
+ * @throws {StateDirError} naming what is wrong.
+ */
+export async function inspectStateDir(dir: string): Promise<void> {
+  const problem = await stat(dir).then(
+    (info) => info.isDirectory ? undefined : "it is not a directory",
+    async () =>
+      (await stat(dirname(dir)).catch(() => undefined))?.isDirectory
+        ? undefined
+        : "its parent directory does not exist",
+  );
+  if (problem) throw new StateDirError(dir, { cause: new Error(problem) });
+}
+
+function stat(path: string): Promise<Deno.FileInfo> {
+  return Deno.stat(path);
 }
 
 /** The pid written by the run holding the lock, if it can be read. */

@@ -11,7 +11,7 @@ import { Audit } from "./audit.ts";
 import type { Config } from "./config.ts";
 import { UnityHttp } from "./http.ts";
 import { Journal, type JournalEntry } from "./journal.ts";
-import { LOCK_FILE, lockHolder, tryLock } from "./lock.ts";
+import { inspectStateDir, LOCK_FILE, lockHolder, tryLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import { MailError, sendReport } from "./notify.ts";
 import { makePlan, type Plan } from "./plan.ts";
@@ -185,6 +185,7 @@ export async function runJob(options: RunOptions): Promise<RunReport> {
 /** The plan alone, with a client that refuses anything but GET. */
 async function dryRun(options: RunOptions): Promise<RunReport> {
   const { config, log } = options;
+  await inspectStateDir(config.stateDir);
   const journal = await Journal.peek(config.stateDir);
   const http = new UnityHttp({
     api: config.api,

@@ -881,7 +881,7 @@ Deno.test("check while a run holds the lock reports a FAIL line about the lock",
   });
 });
 
-Deno.test("a run whose state_dir is a regular file or has no parent exits 2 naming it, before any request", async () => {
+Deno.test("a run or dry run whose state_dir is a regular file or has no parent exits 2 naming it, before any request", async () => {
   await withScenario({}, async (s) => {
     seedDisabled(s.sim, 2);
     const before = s.sim.snapshot();
@@ -890,13 +890,15 @@ Deno.test("a run whose state_dir is a regular file or has no parent exits 2 nami
     const orphan = `${s.dir}/missing-parent/state`;
 
     const cases = [
-      [file, /not a directory/],
-      [orphan, /No such file or directory/],
+      [file, /not a directory/, []],
+      [orphan, /No such file or directory/, []],
+      [file, /not a directory/, ["--dry-run"]],
+      [orphan, /parent directory does not exist/, ["--dry-run"]],
     ] as const;
-    for (const [dir, why] of cases) {
+    for (const [dir, why, flags] of cases) {
       await s.writeConfig({ state_dir: dir });
 
-      const result = await s.run();
+      const result = await s.run(...flags);
 
       assertExit(result, 2);
       assert.ok(
