@@ -1,13 +1,15 @@
 /**
- * The one HTTP client for Unity: reads the API settings; sends requests over
- * `fetch` (undici's, for per-client TLS trust and keep-alive) with Basic
- * auth, a timeout, bounded concurrency and retries of transient failures,
- * and turns every failure into an `ApiError` naming the request.
+ * The one HTTP client for Unity: reads the API settings; sends requests with
+ * undici (for per-client TLS trust and keep-alive; its `request()`, lighter
+ * than its `fetch()`) with Basic auth, a timeout, bounded concurrency and
+ * retries of transient failures, and turns every failure into an `ApiError`
+ * naming the request. A large JSON list can be read as it streams in.
  */
 
-import { Agent, fetch as undiciFetch } from "undici";
+import { Agent, request as undiciRequest } from "undici";
 import type { ApiConfig } from "./config.ts";
 import type { Logger } from "./log.ts";
+import { jsonArrayElements, JsonStreamError } from "./json_stream.ts";
 import { Semaphore } from "./pool.ts";
 import { tlsSettings } from "./tls.ts";
 
@@ -55,6 +57,15 @@ export interface HttpOptions {
 }
 
 type Query = Record<string, string | number | boolean | undefined>;
+
+/** What the client reads of Unity's answer. */
+interface Answer {
+  readonly status: number;
+  readonly ok: boolean;
+  readonly contentType: string | null;
+  readonly body: AsyncIterable<Uint8Array>;
+  text(): Promise<string>;
+}
 
 /** Sends requests to `{base_url}/{path}/{version}` with the configured policy. */
 export class UnityHttp {
@@ -112,10 +123,49 @@ export class UnityHttp {
       );
     }
     const url = this.#url(path, query);
+    return await this.#retrying(
+      method,
+      path,
+      () => this.#send(method, path, url),
+    );
+  }
+
+  /**
+   * Sends a GET whose answer is a JSON array and passes each element to
+   * `pick` as the body streams in, keeping what it returns (undefined drops
+   * the element), so a large answer is never held whole. A retry starts
+   * over. Here api.timeout bounds the wait for the answer and every pause
+   * in its body, not the whole transfer.
+   *
+   * @throws {ApiError} for any failure once retries are spent, and whatever
+   * `pick` throws, unchanged.
+   */
+  async pickElements<T>(
+    path: string,
+    pick: (element: unknown, index: number) => T | undefined,
+  ): Promise<{ count: number; kept: T[] }> {
+    const url = this.#url(path, {});
+    return await this.#retrying(
+      "GET",
+      path,
+      () => this.#stream(path, url, pick),
+    );
+  }
+
+  /** Closes idle keep-alive connections. */
+  async close(): Promise<void> {
+    await this.#agent.close();
+  }
+
+  async #retrying<T>(
+    method: Method,
+    path: string,
+    send: () => Promise<T>,
+  ): Promise<T> {
     const retries = this.#options.api.retries;
     for (let attempt = 0;; attempt++) {
       try {
-        return await this.#limit.run(() => this.#send(method, path, url));
+        return await this.#limit.run(send);
       } catch (error) {
         if (
           !(error instanceof ApiError) || !isTransient(error) ||
@@ -134,50 +184,152 @@ export class UnityHttp {
     }
   }
 
-  /** Closes idle keep-alive connections. */
-  async close(): Promise<void> {
-    await this.#agent.close();
-  }
-
   async #send(method: Method, path: string, url: string): Promise<unknown> {
     this.#requests++;
-    const { timeoutMs } = this.#options.api;
-    const signals = [AbortSignal.timeout(timeoutMs)];
-    if (this.#options.signal) signals.push(this.#options.signal);
+    const deadline = this.#deadline();
     let response;
     let text;
     try {
-      response = await undiciFetch(url, {
-        method,
-        dispatcher: this.#agent,
-        signal: AbortSignal.any(signals),
-        headers: {
-          authorization: this.#auth,
-          accept: "application/json",
-          "user-agent": USER_AGENT,
-        },
-      });
+      response = await this.#open(method, url, deadline.signal);
       text = await response.text();
     } catch (error) {
-      // A missing permission is a packaging bug, not a network failure.
-      if (hasCause(error, Deno.errors.NotCapable)) throw error;
-      throw this.#transportError(method, path, error);
+      throw this.#failure(method, path, error);
+    } finally {
+      deadline.clear();
     }
-    this.#options.log.debug("unity response", {
-      method,
-      path,
-      status: response.status,
-    });
+    this.#logResponse(method, path, response.status);
     if (response.ok) {
       return parseBody(
         method,
         path,
         response.status,
         text,
-        response.headers.get("content-type"),
+        response.contentType,
       );
     }
     throw statusError(method, path, response.status, text);
+  }
+
+  async #stream<T>(
+    path: string,
+    url: string,
+    pick: (element: unknown, index: number) => T | undefined,
+  ): Promise<{ count: number; kept: T[] }> {
+    this.#requests++;
+    const deadline = this.#deadline();
+    try {
+      const response = await this.#okResponse(path, url, deadline);
+      return await this.#readElements(path, response, deadline, pick);
+    } finally {
+      deadline.clear();
+    }
+  }
+
+  /** The answer once its head says 2xx; any other answer is read and thrown. */
+  async #okResponse(
+    path: string,
+    url: string,
+    deadline: Deadline,
+  ): Promise<Answer> {
+    let response;
+    let text;
+    try {
+      response = await this.#open("GET", url, deadline.signal);
+      this.#logResponse("GET", path, response.status);
+      if (response.ok) return response;
+      text = await response.text();
+    } catch (error) {
+      throw this.#failure("GET", path, error);
+    }
+    throw statusError("GET", path, response.status, text);
+  }
+
+  async #readElements<T>(
+    path: string,
+    response: Answer,
+    deadline: Deadline,
+    pick: (element: unknown, index: number) => T | undefined,
+  ): Promise<{ count: number; kept: T[] }> {
+    const elements = jsonArrayElements(
+      restartingOnChunks(response.body, deadline),
+    );
+    const kept: T[] = [];
+    try {
+      for (let count = 0;; count++) {
+        const next = await this.#nextElement(path, response, elements);
+        if (next.done) return { count, kept };
+        const picked = pick(next.value, count);
+        if (picked !== undefined) kept.push(picked);
+      }
+    } finally {
+      // Stops reading when `pick` threw: the rest of the body is dropped.
+      await elements.return();
+    }
+  }
+
+  async #nextElement(
+    path: string,
+    response: Answer,
+    elements: AsyncGenerator<unknown, void, undefined>,
+  ): Promise<IteratorResult<unknown, void>> {
+    try {
+      return await elements.next();
+    } catch (error) {
+      if (!(error instanceof JsonStreamError)) {
+        throw this.#failure("GET", path, error);
+      }
+      const type = response.contentType ?? "no content type";
+      throw new ApiError(
+        `Cannot GET ${path}: Unity answered ${response.status} with ${type} that is not JSON, or not the list expected (${error.message}); is a proxy in the way?`,
+        "shape",
+        "GET",
+        path,
+        response.status,
+        undefined,
+        undefined,
+        { cause: error },
+      );
+    }
+  }
+
+  /** Sends the request; the answer's body is still to be read. */
+  async #open(
+    method: Method,
+    url: string,
+    signal: AbortSignal,
+  ): Promise<Answer> {
+    const { statusCode, headers, body } = await undiciRequest(url, {
+      method,
+      dispatcher: this.#agent,
+      signal,
+      headers: {
+        authorization: this.#auth,
+        accept: "application/json",
+        "user-agent": USER_AGENT,
+      },
+    });
+    const type = headers["content-type"];
+    return {
+      status: statusCode,
+      ok: statusCode >= 200 && statusCode < 300,
+      contentType: (Array.isArray(type) ? type[0] : type) ?? null,
+      body,
+      text: () => body.text(),
+    };
+  }
+
+  #deadline(): Deadline {
+    return new Deadline(this.#options.api.timeoutMs, this.#options.signal);
+  }
+
+  #failure(method: Method, path: string, error: unknown): unknown {
+    // A missing permission is a packaging bug, not a network failure.
+    if (hasCause(error, Deno.errors.NotCapable)) return error;
+    return this.#transportError(method, path, error);
+  }
+
+  #logResponse(method: Method, path: string, status: number): void {
+    this.#options.log.debug("unity response", { method, path, status });
   }
 
   #url(path: string, query: Query): string {
@@ -375,6 +527,58 @@ function describeCause(error: unknown): string {
 
 function utf8Binary(text: string): string {
   return String.fromCharCode(...new TextEncoder().encode(text));
+}
+
+/**
+ * One request's abort signal: it fires when `ms` pass without a `restart()`,
+ * or when the run's signal fires. Its one timer is cleared when the request
+ * ends. AbortSignal.timeout() and AbortSignal.any() would leave a timer and a
+ * listener on the run's signal behind for every request: tens of thousands
+ * of those halved the request rate and grew memory.
+ */
+class Deadline {
+  readonly #controller = new AbortController();
+  readonly #ms: number;
+  readonly #run: AbortSignal | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  readonly #onRunAbort = () => this.#controller.abort(this.#run?.reason);
+
+  constructor(ms: number, run: AbortSignal | undefined) {
+    this.#ms = ms;
+    this.#run = run;
+    if (run?.aborted) this.#onRunAbort();
+    else run?.addEventListener("abort", this.#onRunAbort, { once: true });
+    this.restart();
+  }
+
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  restart(): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#controller.abort(
+        new DOMException(`no answer within ${this.#ms} ms`, "TimeoutError"),
+      );
+    }, this.#ms);
+  }
+
+  clear(): void {
+    clearTimeout(this.#timer);
+    this.#run?.removeEventListener("abort", this.#onRunAbort);
+  }
+}
+
+/** Passes the body on, restarting the deadline as each chunk arrives. */
+async function* restartingOnChunks(
+  body: AsyncIterable<Uint8Array>,
+  deadline: Deadline,
+): AsyncGenerator<Uint8Array, void, undefined> {
+  for await (const chunk of body) {
+    deadline.restart();
+    yield chunk;
+  }
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -103,8 +103,9 @@ class ArrayScanner {
       }
     }
     if (this.#phase === "inside" && start < chunk.length) {
-      // A copy: the stream may reuse the chunk's buffer for the next one.
-      this.#pieces.push(chunk.slice(start));
+      // A copy: the stream may reuse the chunk's buffer for the next one
+      // (and a Node Buffer's slice() would only be a view).
+      this.#pieces.push(new Uint8Array(chunk.subarray(start)));
     }
     this.#offset += chunk.length;
   }
