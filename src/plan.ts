@@ -114,10 +114,14 @@ async function listEntities(
   unreadable: { entityId: number; error: string }[],
 ): Promise<{ entities: Entity[]; scanned: number; bulk: boolean }> {
   if (options.bulk) {
-    const entities = await reader.membersWithEntities(options.group);
-    if (entities) {
-      options.onProgress?.(entities.length, entities.length);
-      return { entities, scanned: entities.length, bulk: true };
+    // Keep only what can qualify: memory follows the selection, not the group.
+    const listing = await reader.membersWithEntities(
+      options.group,
+      (entity) => entity.state === "disabled",
+    );
+    if (listing) {
+      options.onProgress?.(listing.scanned, listing.scanned);
+      return { ...listing, bulk: true };
     }
     options.log.info(
       "Unity has no group-members endpoint (before 2.6.1): reading members one by one",

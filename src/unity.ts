@@ -62,14 +62,31 @@ export class UnityReader {
   }
 
   /**
-   * Members of `group` with their entity data in one request (Unity 2.6.1+).
+   * Members of `group` with their entity data in one request (Unity 2.6.1+),
+   * decoded one by one as the answer streams in. Only the entities `keep`
+   * accepts are held; the others, and every member's attributes, are
+   * dropped at once, so memory follows the selection, not the group.
    * Returns undefined where the server has no such endpoint.
    */
-  async membersWithEntities(group: string): Promise<Entity[] | undefined> {
+  async membersWithEntities(
+    group: string,
+    keep: (entity: Entity) => boolean = () => true,
+  ): Promise<{ scanned: number; entities: Entity[] } | undefined> {
     const path = `/group-members/${groupSegment(group)}`;
-    let body;
     try {
-      body = await this.http.request("GET", path);
+      const { count, kept } = await this.http.pickElements(
+        path,
+        (member, i) => {
+          const entity = decodeEntity(
+            field(member, "entity", "GET", path, `[${i}]`),
+            "GET",
+            path,
+            `[${i}].entity`,
+          );
+          return keep(entity) ? entity : undefined;
+        },
+      );
+      return { scanned: count, entities: kept };
     } catch (error) {
       // Older Unity answers 404 (unknown path); some proxies answer 400.
       if (
@@ -80,17 +97,6 @@ export class UnityReader {
       }
       throw error;
     }
-    if (!Array.isArray(body)) {
-      throw shapeError("GET", path, "(body)", "a list", body);
-    }
-    return body.map((member, i) =>
-      decodeEntity(
-        field(member, "entity", "GET", path, `[${i}]`),
-        "GET",
-        path,
-        `[${i}].entity`,
-      )
-    );
   }
 
   /** One entity; Unity creates a persistent identity as a side effect if it has none. */
