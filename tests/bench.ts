@@ -15,6 +15,8 @@
  *   --modes LIST        any of default,per-member,sequential (default: all)
  *   --force-sequential  run the sequential mode above 20000 members too
  *   --tls               serve HTTPS with the test CA instead of HTTP
+ *   --v8-flags LIST     also pass --v8-flags=LIST to the tool, e.g.
+ *                       --optimize-for-size, to compare against the start task
  *   --timeout S         kill a run of the tool after S seconds (default 1800)
  */
 
@@ -73,6 +75,7 @@ interface Options {
   modes: ModeName[];
   forceSequential: boolean;
   tls: boolean;
+  v8Flags: string | undefined;
   timeoutMs: number;
 }
 
@@ -91,6 +94,7 @@ function parseOptions(args: string[]): Options {
       modes: { type: "string", default: "default,per-member,sequential" },
       "force-sequential": { type: "boolean", default: false },
       tls: { type: "boolean", default: false },
+      "v8-flags": { type: "string" },
       timeout: { type: "string", default: "1800" },
     },
   });
@@ -111,6 +115,7 @@ function parseOptions(args: string[]): Options {
     modes: modes as ModeName[],
     forceSequential: values["force-sequential"],
     tls: values.tls,
+    v8Flags: values["v8-flags"],
     timeoutMs: whole("--timeout", values.timeout) * 1000,
   };
 }
@@ -207,7 +212,7 @@ async function measure(mode: Mode, options: Options): Promise<Measured> {
     });
     const config = await writeConfig(dir, sim, smtp, mode, options.members);
     const cpuBefore = process.cpuUsage();
-    const run = await runTool(config, options.timeoutMs);
+    const run = await runTool(config, options);
     const simCpu = process.cpuUsage(cpuBefore);
 
     const first = sim.requests[0];
@@ -258,11 +263,13 @@ interface ToolRun {
   problems: string[];
 }
 
-async function runTool(config: string, timeoutMs: number): Promise<ToolRun> {
+async function runTool(config: string, options: Options): Promise<ToolRun> {
+  const { timeoutMs, v8Flags } = options;
   const command = new Deno.Command("deno", {
     args: [
       "run",
       ...startFlags(),
+      ...(v8Flags ? [`--v8-flags=${v8Flags}`] : []),
       MAIN,
       "--config",
       config,
@@ -482,6 +489,11 @@ async function main(): Promise<number> {
       `latency ${options.latencyMs} ms per request, Unity 4.x simulator over ${
         options.tls ? "HTTPS" : "HTTP"
       }, ${navigator.hardwareConcurrency} CPUs, Deno ${Deno.version.deno}`,
+  );
+  say(
+    `The tool runs as \`deno task start\` would run it${
+      options.v8Flags ? `, plus --v8-flags=${options.v8Flags}` : ""
+    }.`,
   );
   if (skipSequential) {
     say(
