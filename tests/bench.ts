@@ -21,16 +21,13 @@
  */
 
 import { parseArgs } from "node:util";
-import { fileURLToPath } from "node:url";
 import process from "node:process";
-import meta from "../deno.json" with { type: "json" };
 import { DEFAULTS } from "../src/config.ts";
 import { seedBench } from "./support/population.ts";
+import { MAIN, startFlags, TLS_DIR } from "./support/scenario.ts";
 import { SmtpSink } from "./support/smtp.ts";
 import { UnitySim } from "./support/unity_sim.ts";
 
-const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
-const TLS_DIR = fileURLToPath(new URL("fixtures/tls/", import.meta.url));
 /** Above this many members the sequential mode is skipped unless forced. */
 const SEQUENTIAL_MAX_MEMBERS = 20_000;
 const POLL_MS = 5;
@@ -125,17 +122,6 @@ function whole(flag: string, value: string): number {
     throw new Error(`${flag} takes a whole number, got "${value}"`);
   }
   return Number(value);
-}
-
-/** The permission flags of the `start` task, so the tool runs as deployed. */
-function startFlags(): string[] {
-  const words = meta.tasks.start.split(/\s+/);
-  if (words[0] !== "deno" || words[1] !== "run" || words.at(-1) !== "main.ts") {
-    throw new Error(
-      `Cannot read the start task: expected "deno run ... main.ts", got "${meta.tasks.start}"`,
-    );
-  }
-  return words.slice(2, -1);
 }
 
 function modesToRun(options: Options): Mode[] {
