@@ -78,8 +78,8 @@ export async function applyPending(
         error: error.message,
       });
     }
-    await journal.save();
   });
+  await journal.save();
 
   completed.sort((a, b) => a - b);
   failed.sort((a, b) => a.entityId - b.entityId);
@@ -90,14 +90,14 @@ async function applyAccount(
   context: Context,
   entry: JournalEntry,
 ): Promise<void> {
-  const { audit, options } = context;
+  const { journal, audit, options } = context;
   try {
     await stripAttributes(context, entry);
     await scheduleRemoval(context, entry);
   } catch (error) {
     if (!isUnknownEntity(error)) throw error;
     // Removed by someone else meanwhile: nothing left to strip, still to report.
-    entry.gone = true;
+    journal.mark({ entityId: entry.entityId, gone: true });
     audit.record({
       event: "entity-gone",
       entityId: entry.entityId,
@@ -113,15 +113,15 @@ async function stripAttributes(
   context: Context,
   entry: JournalEntry,
 ): Promise<void> {
-  const { admin, audit, options: { log } } = context;
-  for (const removal of entry.removals) {
+  const { admin, journal, audit, options: { log } } = context;
+  for (const [index, removal] of entry.removals.entries()) {
     if (removal.outcome) continue;
     const outcome = await admin.removeAttribute(
       entry.entityId,
       removal.group,
       removal.name,
     );
-    removal.outcome = outcome;
+    journal.mark({ entityId: entry.entityId, removal: index, outcome });
     audit.record({
       event: "attribute-removed",
       entityId: entry.entityId,
@@ -159,11 +159,11 @@ async function scheduleRemoval(
   const now = options.now?.() ?? Date.now();
   if (entry.when < now + MIN_LEAD_MS) {
     // Captured long ago: a stale `when` would make Unity remove it at once.
-    entry.when = removalTime(options.retentionDays, now);
-    await journal.save();
+    const when = removalTime(options.retentionDays, now);
+    journal.mark({ entityId: entry.entityId, when });
   }
   await admin.scheduleRemoval(entry.entityId, entry.when, now);
-  entry.scheduled = true;
+  journal.mark({ entityId: entry.entityId, scheduled: true });
   audit.record({
     event: "removal-scheduled",
     entityId: entry.entityId,

@@ -1,9 +1,16 @@
 /**
  * The one HTTP client for Unity: reads the API settings; sends requests with
- * undici (for per-client TLS trust and keep-alive; its `request()`, lighter
- * than its `fetch()`) with Basic auth, a timeout, bounded concurrency and
- * retries of transient failures, and turns every failure into an `ApiError`
- * naming the request. A large JSON list can be read as it streams in.
+ * undici (per-client TLS trust, keep-alive) with Basic auth, a timeout,
+ * bounded concurrency and retries of transient failures, and turns every
+ * failure into an `ApiError` naming the request. A large JSON list can be
+ * read as it streams in.
+ *
+ * Why undici's `request()` and not a `fetch()`: under Deno, neither Deno's
+ * fetch (no per-client "insecure" switch; rejects a self-signed CA:TRUE
+ * certificate given as a CA) nor undici's fetch (a body read in progress
+ * ignores its AbortSignal, so a server that stalls or drops mid-body hangs
+ * the run) can keep this tool's promises; `request()` can, with a third
+ * less CPU per request.
  */
 
 import { Agent, request as undiciRequest } from "undici";

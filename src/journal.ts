@@ -1,14 +1,17 @@
 /**
- * The journal: reads and writes `journal.json` in the state directory. It
- * holds, per account, what was captured BEFORE any change (persistent id,
- * e-mail addresses) and which steps are done, so a killed run resumes and no
- * notification is lost. Every write is atomic and durable.
+ * The journal: reads and writes `journal.json` and `journal.steps` in the
+ * state directory. `journal.json` holds, per account, what was captured
+ * BEFORE any change (persistent id, e-mail addresses) and which steps were
+ * done, written atomically and durably. Each step done since is appended to
+ * `journal.steps` as one JSON line, so a killed run resumes exactly where it
+ * stopped, and no notification is lost.
  */
 
 import { dirname, join } from "node:path";
 import type { RemovalOutcome } from "./unity.ts";
 
 export const JOURNAL_FILE = "journal.json";
+export const STEPS_FILE = "journal.steps";
 const FORMAT = "b2access-deprovision-journal";
 const OUTCOMES: readonly (string | undefined)[] = [
   "removed",
@@ -51,6 +54,18 @@ export class JournalError extends Error {
   }
 }
 
+/** One step done on an account, as appended to `journal.steps`. */
+export type StepMark =
+  | {
+    readonly entityId: number;
+    readonly removal: number;
+    readonly outcome: RemovalOutcome;
+  }
+  /** A new removal time, chosen before it is sent. */
+  | { readonly entityId: number; readonly when: number }
+  | { readonly entityId: number; readonly scheduled: true }
+  | { readonly entityId: number; readonly gone: true };
+
 /** True once every step of the account is done (its mail may be due). */
 export function isApplied(entry: JournalEntry): boolean {
   return entry.gone === true ||
@@ -60,13 +75,59 @@ export function isApplied(entry: JournalEntry): boolean {
 /** Durable per-account progress in `{stateDir}/journal.json`. */
 export class Journal {
   readonly file: string;
+  readonly stepsFile: string;
   readonly #entries: Map<number, JournalEntry>;
   #saving: Promise<void> = Promise.resolve();
   #dirty = false;
 
-  private constructor(file: string, entries: JournalEntry[]) {
-    this.file = file;
+  private constructor(stateDir: string, entries: JournalEntry[]) {
+    this.file = join(stateDir, JOURNAL_FILE);
+    this.stepsFile = join(stateDir, STEPS_FILE);
     this.#entries = new Map(entries.map((e) => [e.entityId, e]));
+  }
+
+  /** Reads `journal.json`, then replays the steps appended since. */
+  static async #read(stateDir: string): Promise<Journal> {
+    const file = join(stateDir, JOURNAL_FILE);
+    let journal: Journal;
+    try {
+      journal = new Journal(
+        stateDir,
+        decode(file, await Deno.readTextFile(file)),
+      );
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) {
+        throw asJournalError(file, error);
+      }
+      journal = new Journal(stateDir, []);
+    }
+    await journal.#replaySteps();
+    return journal;
+  }
+
+  async #replaySteps(): Promise<void> {
+    let text;
+    try {
+      text = await Deno.readTextFile(this.stepsFile);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return;
+      throw asJournalError(this.stepsFile, error);
+    }
+    const lines = text.split("\n");
+    lines.forEach((line, i) => {
+      if (line.trim() === "") return;
+      let mark: StepMark;
+      try {
+        mark = JSON.parse(line);
+      } catch (error) {
+        // Only the last line can be torn (power lost mid-append).
+        if (i >= lines.length - 2) return;
+        throw new JournalError(this.stepsFile, `line ${i + 1} is not JSON`, {
+          cause: error,
+        });
+      }
+      this.#apply(mark);
+    });
   }
 
   /**
@@ -76,32 +137,12 @@ export class Journal {
    */
   static async open(stateDir: string): Promise<Journal> {
     await Deno.mkdir(stateDir, { recursive: true, mode: 0o700 });
-    const file = join(stateDir, JOURNAL_FILE);
-    let text;
-    try {
-      text = await Deno.readTextFile(file);
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) return new Journal(file, []);
-      throw new JournalError(
-        file,
-        `cannot read it (${(error as Error).message})`,
-        { cause: error },
-      );
-    }
-    return new Journal(file, decode(file, text));
+    return await Journal.#read(stateDir);
   }
 
   /** Reads the journal without creating anything; for dry runs. */
-  static async peek(stateDir: string): Promise<Journal> {
-    const file = join(stateDir, JOURNAL_FILE);
-    try {
-      return new Journal(file, decode(file, await Deno.readTextFile(file)));
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) return new Journal(file, []);
-      throw error instanceof JournalError
-        ? error
-        : new JournalError(file, (error as Error).message, { cause: error });
-    }
+  static peek(stateDir: string): Promise<Journal> {
+    return Journal.#read(stateDir);
   }
 
   get entries(): JournalEntry[] {
@@ -135,8 +176,43 @@ export class Journal {
   }
 
   /**
-   * Writes the current state durably. Concurrent calls coalesce: each
-   * resolves once a write that includes its changes is on disk.
+   * Records one step done: applies it and appends it to `journal.steps`.
+   * Appending is cheap where rewriting `journal.json` for every step would
+   * dominate a large run. The line survives the process being killed; only
+   * a power loss can lose it, and then the next run repeats a step that is
+   * idempotent (an attribute already gone counts as removed, the same
+   * `when` is sent again).
+   *
+   * @throws {JournalError} when the line cannot be written.
+   */
+  mark(step: StepMark): void {
+    this.#apply(step);
+    try {
+      Deno.writeTextFileSync(this.stepsFile, JSON.stringify(step) + "\n", {
+        append: true,
+        mode: 0o600,
+      });
+    } catch (error) {
+      throw asJournalError(this.stepsFile, error);
+    }
+  }
+
+  #apply(step: StepMark): void {
+    const entry = this.#entries.get(step.entityId);
+    if (!entry) return; // reported and forgotten since
+    if ("removal" in step) {
+      const removal = entry.removals[step.removal];
+      if (removal) removal.outcome = step.outcome;
+    } else if ("when" in step) entry.when = step.when;
+    else if ("scheduled" in step) entry.scheduled = true;
+    else if ("gone" in step) entry.gone = true;
+  }
+
+  /**
+   * Writes the current state durably to `journal.json`, then empties
+   * `journal.steps`. Call it when no step is being marked. Concurrent calls
+   * coalesce: each resolves once a write that includes its changes is on
+   * disk.
    */
   save(): Promise<void> {
     this.#dirty = true;
@@ -156,6 +232,10 @@ export class Journal {
     ) + "\n";
     try {
       await writeDurably(this.file, body);
+      // Replaying a step already in journal.json again would be harmless.
+      await Deno.remove(this.stepsFile).catch((error) => {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+      });
     } catch (error) {
       this.#dirty = true;
       throw new JournalError(
@@ -197,6 +277,17 @@ async function syncDirectory(dir: string): Promise<void> {
   } catch {
     // Some platforms cannot fsync a directory; the rename is still atomic.
   }
+}
+
+function asJournalError(file: string, error: unknown): JournalError {
+  if (error instanceof JournalError) return error;
+  return new JournalError(
+    file,
+    `cannot read or write it (${(error as Error).message})`,
+    {
+      cause: error,
+    },
+  );
 }
 
 function decode(file: string, text: string): JournalEntry[] {

@@ -185,7 +185,7 @@ function mailError(
       tlsSettings(email.trust).source
     })`
     : code === "ECONNECTION" || code === "ESOCKET"
-    ? " (check notifications.email.host and port)"
+    ? " (check notifications.email.host/port)"
     : "";
   return new MailError(
     `Cannot ${doing} via ${server}: ${code ?? "error"}: ${said}${hint}`,

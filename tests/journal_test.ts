@@ -566,3 +566,64 @@ Deno.test("Audit records a mail outcome with addresses but no message body", asy
     ]);
   });
 });
+
+Deno.test("a step marked but never saved is still done when the journal is opened again", async () => {
+  await withTempDir(async (dir) => {
+    const journal = await Journal.open(dir);
+    await journal.add([entry(1), entry(2)]);
+
+    journal.mark({ entityId: 1, removal: 0, outcome: "removed" });
+    journal.mark({ entityId: 1, removal: 1, outcome: "immutable" });
+    journal.mark({ entityId: 1, when: Date.UTC(2028, 0, 1) });
+    journal.mark({ entityId: 1, scheduled: true });
+    journal.mark({ entityId: 2, gone: true });
+
+    const reopened = await Journal.open(dir);
+    const [first, second] = reopened.entries;
+    assert.deepEqual(first!.removals.map((r) => r.outcome), [
+      "removed",
+      "immutable",
+    ]);
+    assert.equal(first!.when, Date.UTC(2028, 0, 1));
+    assert.equal(first!.scheduled, true);
+    assert.equal(second!.gone, true);
+    assert.deepEqual(reopened.pending(), []);
+  });
+});
+
+Deno.test("save() folds the marked steps into journal.json and removes journal.steps", async () => {
+  await withTempDir(async (dir) => {
+    const journal = await Journal.open(dir);
+    await journal.add([entry(1)]);
+    journal.mark({ entityId: 1, scheduled: true });
+    assert.ok((await Deno.stat(journal.stepsFile)).isFile);
+
+    await journal.save();
+
+    await assert.rejects(Deno.stat(journal.stepsFile), Deno.errors.NotFound);
+    const data = JSON.parse(await Deno.readTextFile(journal.file));
+    assert.equal(data.accounts[0].scheduled, true);
+  });
+});
+
+Deno.test("a torn last line of journal.steps is ignored; a bad line before it stops the run", async () => {
+  await withTempDir(async (dir) => {
+    const journal = await Journal.open(dir);
+    await journal.add([entry(1)]);
+    journal.mark({ entityId: 1, removal: 0, outcome: "removed" });
+    await Deno.writeTextFile(journal.stepsFile, '{"entityId":1,"sched', {
+      append: true,
+    });
+
+    const reopened = await Journal.open(dir);
+    assert.equal(reopened.entries[0]!.removals[0]!.outcome, "removed");
+    assert.equal(reopened.entries[0]!.scheduled, false);
+
+    await Deno.writeTextFile(
+      journal.stepsFile,
+      'not json\n{"entityId":1,"scheduled":true}\n',
+    );
+    await assert.rejects(Journal.open(dir), JournalError);
+    assert.match(await Deno.readTextFile(journal.stepsFile), /^not json/);
+  });
+});

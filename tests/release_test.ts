@@ -16,11 +16,18 @@ import { UnitySim } from "./support/unity_sim.ts";
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const TLS = `${ROOT}tests/fixtures/tls/`;
 
-/** The permission flags the compiled binary gets, read from deno.json. */
+/** The runtime flags the compiled binary gets, read from deno.json. */
 async function releaseFlags(): Promise<string[]> {
   const meta = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`));
   const words: string[] = meta.tasks.compile.split(/\s+/);
-  return words.filter((w) => w === "--no-prompt" || w.startsWith("--allow-"));
+  const flags = words.slice(
+    words.indexOf("compile") + 1,
+    words.indexOf("main.ts"),
+  );
+  const output = flags.indexOf("--output");
+  if (output >= 0) flags.splice(output, 2);
+  assert.ok(flags.every((f) => f.startsWith("--")), flags.join(" "));
+  return flags;
 }
 
 async function buildBundle(dir: string): Promise<string> {
