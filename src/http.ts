@@ -34,21 +34,35 @@ export type ApiErrorKind =
   | "shape"; // a 2xx answer that is not the JSON expected
 
 /** A failed Unity request: what was asked, what came back, what to do. */
-export class ApiError extends Error {
-  constructor(
-    message: string,
-    readonly kind: ApiErrorKind,
-    readonly method: string,
-    readonly path: string,
-    readonly status?: number,
-    /** Unity's exception class from the error body, e.g. `UnknownIdentityException`. */
-    readonly unityError?: string,
-    /** Unity's own message from the error body. */
-    readonly unityMessage?: string,
-    options?: ErrorOptions,
-  ) {
+export interface ApiErrorFacts {
+  readonly kind: ApiErrorKind;
+  readonly method: string;
+  readonly path: string;
+  readonly status?: number;
+  /** Unity's exception class from the error body, e.g. `UnknownIdentityException`. */
+  readonly unityError?: string;
+  /** Unity's own message from the error body. */
+  readonly unityMessage?: string;
+}
+
+/** A failed Unity request: what was asked, what came back, what to do. */
+export class ApiError extends Error implements ApiErrorFacts {
+  readonly kind: ApiErrorKind;
+  readonly method: string;
+  readonly path: string;
+  readonly status?: number;
+  readonly unityError?: string;
+  readonly unityMessage?: string;
+
+  constructor(message: string, facts: ApiErrorFacts, options?: ErrorOptions) {
     super(message, options);
     this.name = "ApiError";
+    this.kind = facts.kind;
+    this.method = facts.method;
+    this.path = facts.path;
+    this.status = facts.status;
+    this.unityError = facts.unityError;
+    this.unityMessage = facts.unityMessage;
   }
 }
 
@@ -287,13 +301,8 @@ export class UnityHttp {
       }
       const type = response.contentType ?? "no content type";
       throw new ApiError(
-        `Cannot GET ${path}: Unity answered ${response.status} with ${type} that is not JSON, or not the list expected (${error.message}); is a proxy in the way?`,
-        "shape",
-        "GET",
-        path,
-        response.status,
-        undefined,
-        undefined,
+        `Cannot GET ${path}: Unity answered ${response.status} with ${type} that is not JSON, or not the list expected (${error.message}); a proxy may be in the way`,
+        { kind: "shape", method: "GET", path, status: response.status },
         { cause: error },
       );
     }
@@ -361,12 +370,7 @@ export class UnityHttp {
     if (signal?.aborted) {
       return new ApiError(
         `Cannot ${method} ${path}: the run deadline (run_timeout) passed`,
-        "timeout",
-        method,
-        path,
-        undefined,
-        undefined,
-        undefined,
+        { kind: "timeout", method, path },
         { cause: error },
       );
     }
@@ -374,35 +378,20 @@ export class UnityHttp {
     if (isTimeout(error)) {
       return new ApiError(
         `Cannot ${method} ${path}: ${host} did not answer within ${this.#options.api.timeoutMs} ms (api.timeout)`,
-        "timeout",
-        method,
-        path,
-        undefined,
-        undefined,
-        undefined,
+        { kind: "timeout", method, path },
         { cause: error },
       );
     }
     if (/cert|tls|ssl|handshake|issuer|self.signed/i.test(detail)) {
       return new ApiError(
         `Cannot ${method} ${path}: TLS with ${host} failed (${detail}); trusted: ${this.#trustSource} (set api.cert_verify to the CA bundle that signed Unity's certificate)`,
-        "tls",
-        method,
-        path,
-        undefined,
-        undefined,
-        undefined,
+        { kind: "tls", method, path },
         { cause: error },
       );
     }
     return new ApiError(
       `Cannot ${method} ${path}: cannot reach ${host} (${detail}); check api.base_url and the network`,
-      "network",
-      method,
-      path,
-      undefined,
-      undefined,
-      undefined,
+      { kind: "network", method, path },
       { cause: error },
     );
   }
@@ -428,10 +417,7 @@ function parseBody(
   if (text.trim() === "") {
     throw new ApiError(
       `Cannot ${method} ${path}: Unity answered ${status} with an empty body where JSON was expected`,
-      "shape",
-      method,
-      path,
-      status,
+      { kind: "shape", method, path, status },
     );
   }
   try {
@@ -442,13 +428,8 @@ function parseBody(
         type ?? "no content type"
       } that is not JSON (starts ${
         JSON.stringify(text.slice(0, 60))
-      }); is a proxy in the way?`,
-      "shape",
-      method,
-      path,
-      status,
-      undefined,
-      undefined,
+      }); a proxy may be in the way`,
+      { kind: "shape", method, path, status },
       { cause: error },
     );
   }
@@ -480,18 +461,20 @@ function statusError(
   const hint = auth && method !== "GET"
     ? " (the API user may lack the identityModify right, or its credentials changed; not retried)"
     : auth
-    ? " (check api.user and api.password and that the user has the admin role; not retried: Unity locks an address out after repeated failures)"
+    ? " (check api.user, the password (api.password, api.password_file or B2ACCESS_API_PASSWORD) and that the user has the admin role; not retried: Unity locks an address out after repeated failures)"
     : status === 404 && path.includes("%2F")
     ? " (a reverse proxy may refuse %2F in URLs: allow encoded slashes, e.g. AllowEncodedSlashes NoDecode in Apache)"
     : "";
   return new ApiError(
     `Cannot ${method} ${path}: Unity answered ${status} (${said})${hint}`,
-    auth ? "auth" : "status",
-    method,
-    path,
-    status,
-    unityError,
-    unityMessage,
+    {
+      kind: auth ? "auth" : "status",
+      method,
+      path,
+      status,
+      unityError,
+      unityMessage,
+    },
   );
 }
 

@@ -350,8 +350,6 @@ function shapeError(
     : JSON.stringify(got)?.slice(0, 60) ?? String(got);
   return new ApiError(
     `Cannot ${method} ${path}: unexpected answer from Unity: ${at} should be ${expected}, got ${shown} (is api.base_url/path/version pointing at Unity's rest-admin API?)`,
-    "shape",
-    method,
-    path,
+    { kind: "shape", method, path },
   );
 }

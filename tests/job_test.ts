@@ -752,7 +752,10 @@ Deno.test("a wrong Unity password exits 3 after exactly one request", async () =
       assert.equal(s.sim.requests.length, 1);
       assert.equal(s.sim.requests[0]!.status, 403);
       assert.match(result.stderr, /403/);
-      assert.match(result.stderr, /check api\.user and api\.password/);
+      assert.match(
+        result.stderr,
+        /check api\.user, the password \(api\.password, api\.password_file or B2ACCESS_API_PASSWORD\)/,
+      );
       assert.equal(s.smtp!.sessions.length, 0);
     },
   );
