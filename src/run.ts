@@ -147,14 +147,7 @@ export async function runJob(options: RunOptions): Promise<RunReport> {
     );
     brake(plan, options.maxAccounts, false, journal);
 
-    await journal.add(plan.accounts.map((account) => ({
-      ...account,
-      removals: account.removals.map((r) => ({ ...r })),
-      when: removalTime(config.retentionDays, options.now?.() ?? Date.now()),
-      scheduled: false,
-      capturedAt: new Date().toISOString(),
-      runId,
-    })));
+    await journal.add(captured(plan, config.retentionDays, runId, options.now));
     const applied = await applyPending(new UnityAdmin(http), journal, audit, {
       retentionDays: config.retentionDays,
       concurrency: config.api.maxConcurrency,
@@ -212,6 +205,25 @@ async function dryRun(options: RunOptions): Promise<RunReport> {
   } finally {
     await http.close();
   }
+}
+
+/** The plan's accounts as journal entries: what was captured, no step done. */
+function captured(
+  plan: Plan,
+  retentionDays: number,
+  runId: string,
+  now = Date.now,
+): JournalEntry[] {
+  const when = removalTime(retentionDays, now());
+  const capturedAt = new Date().toISOString();
+  return plan.accounts.map((account) => ({
+    ...account,
+    removals: account.removals.map((r) => ({ ...r })),
+    when,
+    scheduled: false,
+    capturedAt,
+    runId,
+  }));
 }
 
 function planOptions(options: RunOptions, journal: Journal) {
