@@ -52,7 +52,7 @@ Options:
 Exit codes:
   0  done, or nothing to do
   1  unexpected internal error (a bug: please report it)
-  2  usage, configuration or journal error
+  2  usage, configuration, state directory or journal error
   3  Unity could not be read (unreachable, TLS, credentials, group); nothing changed
   4  safety brake: more accounts qualify than max_accounts_per_run; nothing changed
   5  another run holds the lock; nothing done
@@ -245,15 +245,18 @@ async function whileHandlingSignals(
   }
 }
 
-/** Fails before any change if the report could not be written at the end. */
+/**
+ * Fails before any change if the report could not be written at the end,
+ * and leaves a valid report saying the run is under way (what a SIGKILL
+ * leaves behind).
+ */
 async function checkWritable(file: string): Promise<void> {
   try {
-    const handle = await Deno.open(file, {
-      write: true,
-      create: true,
-      append: true,
-    });
-    handle.close();
+    // Until the run ends, the report says so: never an empty file.
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({ exitCode: null, status: "running" }) + "\n",
+    );
   } catch (error) {
     throw new ReportPathError(
       `Cannot write report "${file}": ${
@@ -271,10 +274,14 @@ async function writeFailureReport(
   log: Logger,
 ): Promise<void> {
   const message = error instanceof Error ? error.message : String(error);
+  // The brake knows what it refused: monitoring should see it too.
+  const brake = error instanceof BrakeError
+    ? { limit: error.limit, selected: error.plan.accounts }
+    : {};
   try {
     await Deno.writeTextFile(
       file,
-      JSON.stringify({ exitCode, error: message }, null, 2) + "\n",
+      JSON.stringify({ exitCode, error: message, ...brake }, null, 2) + "\n",
     );
   } catch (writeError) {
     log.error(

@@ -175,5 +175,6 @@ async function scheduleRemoval(
     entityId: entry.entityId,
     operation: "REMOVE",
     when: new Date(entry.when).toISOString(),
+    outcome: "scheduled",
   });
 }

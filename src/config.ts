@@ -194,7 +194,7 @@ export async function loadConfig(
     text = await Deno.readTextFile(file);
   } catch (error) {
     const reason = error instanceof Deno.errors.NotFound
-      ? "file not found (pass --config PATH or set B2ACCESS_DEPROVISION_CONFIG)"
+      ? "file not found (the path comes from --config, else B2ACCESS_DEPROVISION_CONFIG, else ./config.yml)"
       : `cannot read it: ${(error as Error).message}`;
     throw new ConfigError(file, [{ key: "(file)", message: reason }], error);
   }

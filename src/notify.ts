@@ -167,14 +167,20 @@ function mailError(
   error: unknown,
   doing = "send the notification",
 ): MailError {
-  const { code, responseCode, response, message } = error as {
-    code?: string;
-    responseCode?: number;
-    response?: string;
-    message?: string;
-  };
+  const { code, responseCode, response, message, originalCode, errors } =
+    error as {
+      code?: string;
+      responseCode?: number;
+      response?: string;
+      message?: string;
+      originalCode?: string;
+      errors?: { message?: string }[];
+    };
   const server = `${email.host}:${email.port}`;
-  const said = response ?? message ?? String(error);
+  // "localhost" tries ::1 and 127.0.0.1: the reasons are in `errors`.
+  const said = response || message ||
+    errors?.map((e) => e.message).filter(Boolean).join("; ") || originalCode ||
+    "connection failed";
   const hint = code === "EAUTH"
     ? " (check notifications.email.user and password)"
     : code === "ETIMEDOUT"

@@ -211,7 +211,10 @@ Deno.test("a missing config exits 2 naming its absolute path and --config", asyn
     assertExit(local, 2);
     assert.ok(local.stderr.includes(`"${empty}/config.yml"`), local.stderr);
     assert.match(local.stderr, /file not found/);
-    assert.match(local.stderr, /--config PATH/);
+    assert.match(
+      local.stderr,
+      /--config, else B2ACCESS_DEPROVISION_CONFIG, else \.\/config\.yml/,
+    );
 
     const named = await s.runCli(["--config", "nowhere.yml"], { cwd: empty });
     assertExit(named, 2);
@@ -1068,3 +1071,36 @@ function keysOf(value: unknown, prefix = ""): string[] {
     ...keysOf(inner, `${prefix}${key}.`),
   ]);
 }
+
+Deno.test("a run killed with SIGKILL leaves a --report that says it was still running", async () => {
+  await withScenario({ config: { api: { max_concurrency: 1 } } }, async (s) => {
+    seedDisabled(s.sim, 2);
+    const report = `${s.dir}/report.json`;
+
+    const killed = await stopMidRun(s, "SIGKILL", report);
+
+    assert.notEqual(killed.code, 0);
+    assert.deepEqual(JSON.parse(await Deno.readTextFile(report)), {
+      exitCode: null,
+      status: "running",
+    });
+  });
+});
+
+Deno.test("a run stopped by the brake lists the refused accounts in --report", async () => {
+  await withScenario({ config: { max_accounts_per_run: 2 } }, async (s) => {
+    const ids = seedDisabled(s.sim, 3);
+    const report = `${s.dir}/report.json`;
+
+    assertExit(await s.run("--report", report), 4);
+
+    const doc = JSON.parse(await Deno.readTextFile(report));
+    assert.equal(doc.exitCode, 4);
+    assert.equal(doc.limit, 2);
+    assert.deepEqual(
+      doc.selected.map((a: { entityId: number }) => a.entityId),
+      [...ids].sort((a, b) => a - b),
+    );
+    assert.deepEqual(nonGets(s.sim), []);
+  });
+});

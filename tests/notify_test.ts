@@ -573,3 +573,13 @@ console.log(JSON.stringify(outcome));
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a refused connection to localhost says why, not just ESOCKET", async () => {
+  const port = await unusedPort();
+  const email = { ...emailConfig(port), host: "localhost" };
+
+  const error = await mailError(sendReport(email, ACCOUNTS));
+
+  assert.ok(error.message.includes(`localhost:${port}`), error.message);
+  assert.match(error.message, /ECONNREFUSED/);
+});
