@@ -208,18 +208,14 @@ export class UnityHttp {
   async #send(method: Method, path: string, url: string): Promise<unknown> {
     this.#requests++;
     const deadline = this.#deadline();
-    let response;
-    let text;
     try {
-      response = await this.#open(method, url, deadline.signal);
-      text = await response.text();
-    } catch (error) {
-      throw this.#failure(method, path, error);
-    } finally {
-      deadline.clear();
-    }
-    this.#logResponse(method, path, response.status);
-    if (response.ok) {
+      const response = await this.#okResponse(method, path, url, deadline);
+      let text;
+      try {
+        text = await response.text();
+      } catch (error) {
+        throw this.#failure(method, path, error);
+      }
       return parseBody(
         method,
         path,
@@ -227,8 +223,9 @@ export class UnityHttp {
         text,
         response.contentType,
       );
+    } finally {
+      deadline.clear();
     }
-    throw statusError(method, path, response.status, text);
   }
 
   async #stream<T>(
@@ -239,7 +236,7 @@ export class UnityHttp {
     this.#requests++;
     const deadline = this.#deadline();
     try {
-      const response = await this.#okResponse(path, url, deadline);
+      const response = await this.#okResponse("GET", path, url, deadline);
       return await this.#readElements(path, response, deadline, pick);
     } finally {
       deadline.clear();
@@ -248,6 +245,7 @@ export class UnityHttp {
 
   /** The answer once its head says 2xx; any other answer is read and thrown. */
   async #okResponse(
+    method: Method,
     path: string,
     url: string,
     deadline: Deadline,
@@ -255,14 +253,18 @@ export class UnityHttp {
     let response;
     let text;
     try {
-      response = await this.#open("GET", url, deadline.signal);
-      this.#logResponse("GET", path, response.status);
+      response = await this.#open(method, url, deadline.signal);
+      this.#options.log.debug("unity response", {
+        method,
+        path,
+        status: response.status,
+      });
       if (response.ok) return response;
       text = await response.text();
     } catch (error) {
-      throw this.#failure("GET", path, error);
+      throw this.#failure(method, path, error);
     }
-    throw statusError("GET", path, response.status, text);
+    throw statusError(method, path, response.status, text);
   }
 
   async #readElements<T>(
@@ -342,10 +344,6 @@ export class UnityHttp {
     // A missing permission is a packaging bug, not a network failure.
     if (hasCause(error, Deno.errors.NotCapable)) return error;
     return this.#transportError(method, path, error);
-  }
-
-  #logResponse(method: Method, path: string, status: number): void {
-    this.#options.log.debug("unity response", { method, path, status });
   }
 
   #url(path: string, query: Query): string {
@@ -478,15 +476,19 @@ function statusError(
   );
 }
 
+/** The error and its causes, innermost last (a bounded walk). */
+function* causeChain(error: unknown): Generator<unknown> {
+  for (let e = error, depth = 0; e && depth < 5; depth++) {
+    yield e;
+    e = (e as { cause?: unknown }).cause;
+  }
+}
+
 function hasCause(
   error: unknown,
   type: abstract new (...args: never[]) => Error,
 ): boolean {
-  for (let e = error, depth = 0; e && depth < 5; depth++) {
-    if (e instanceof type) return true;
-    e = (e as { cause?: unknown }).cause;
-  }
-  return false;
+  return [...causeChain(error)].some((e) => e instanceof type);
 }
 
 function isTimeout(error: unknown): boolean {
@@ -498,11 +500,7 @@ function isTimeout(error: unknown): boolean {
 /** The innermost useful message of a fetch failure ("fetch failed" says nothing). */
 function describeCause(error: unknown): string {
   const parts: string[] = [];
-  for (
-    let e = error, depth = 0;
-    e && depth < 5;
-    e = (e as { cause?: unknown }).cause, depth++
-  ) {
+  for (const e of causeChain(error)) {
     const { code, message, name } = e as {
       code?: string;
       message?: string;
