@@ -18,29 +18,17 @@ import {
   RECIPIENTS,
   runCli,
   type Scenario,
-  type ScenarioOptions,
   SECRETS,
   startScenario,
   TLS_DIR,
   waitFor,
+  withScenario,
 } from "./support/scenario.ts";
 import { unusedPort } from "./support/smtp.ts";
 import type { UnitySim } from "./support/unity_sim.ts";
 
 const DAY = 86_400_000;
 const API = "/rest-admin/v1";
-
-async function withScenario(
-  options: ScenarioOptions,
-  body: (s: Scenario) => Promise<void>,
-): Promise<void> {
-  const s = await startScenario(options);
-  try {
-    await body(s);
-  } finally {
-    await s.close();
-  }
-}
 
 /** Adds `n` disabled, unscheduled people with an e-mail each, and one valid person. */
 function seedDisabled(sim: UnitySim, n: number): number[] {

@@ -16,10 +16,9 @@ import {
   FROM_NAME,
   RECIPIENTS,
   type Scenario,
-  type ScenarioOptions,
   SECRETS,
-  startScenario,
   TLS_DIR,
+  withScenario,
 } from "./support/scenario.ts";
 import { unusedPort } from "./support/smtp.ts";
 import type {
@@ -36,18 +35,6 @@ const PROFILES: UnityProfile[] = ["1.x", "2.x", "3.12", "4.x"];
 /** Attribute types whose instances Unity refuses to remove (UNITY_API.md). */
 const IMMUTABLE =
   /^sys:(LastAuthentication|CredentialRequirements|Preferences|Credential:)/;
-
-async function withScenario(
-  options: ScenarioOptions,
-  body: (s: Scenario) => Promise<void>,
-): Promise<void> {
-  const s = await startScenario(options);
-  try {
-    await body(s);
-  } finally {
-    await s.close();
-  }
-}
 
 // ---- the population -----------------------------------------------------------
 

@@ -15,7 +15,7 @@ import {
   usersJson,
   verifySmtp,
 } from "../src/notify.ts";
-import { type SmtpOptions, SmtpSink, unusedPort } from "./support/smtp.ts";
+import { unusedPort, withSink } from "./support/smtp.ts";
 
 const TLS = new URL("./fixtures/tls/", import.meta.url);
 const CA_PATH = fileURLToPath(new URL("ca.pem", TLS));
@@ -73,18 +73,6 @@ const STARTTLS_AUTH = [
   `password: "${AUTH.pass}"`,
   `cert_verify: "${CA_PATH}"`,
 ];
-
-async function withSink(
-  options: SmtpOptions,
-  body: (sink: SmtpSink) => Promise<void>,
-): Promise<void> {
-  const sink = await SmtpSink.start(options);
-  try {
-    await body(sink);
-  } finally {
-    await sink.close();
-  }
-}
 
 async function mailError(attempt: Promise<unknown>): Promise<MailError> {
   try {

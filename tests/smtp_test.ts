@@ -11,7 +11,7 @@ import nodemailer, {
   type SMTPPoolOptions,
   type SMTPTransportOptions,
 } from "nodemailer";
-import { type SmtpOptions, SmtpSink, unusedPort } from "./support/smtp.ts";
+import { SmtpSink, unusedPort, withSink } from "./support/smtp.ts";
 
 const TLS = new URL("./fixtures/tls/", import.meta.url);
 const CA = await Deno.readTextFile(new URL("ca.pem", TLS));
@@ -43,18 +43,6 @@ function message(extra: Record<string, unknown> = {}) {
     text: "See the attachment.",
     ...extra,
   };
-}
-
-async function withSink(
-  options: SmtpOptions,
-  body: (sink: SmtpSink) => Promise<void>,
-): Promise<void> {
-  const sink = await SmtpSink.start(options);
-  try {
-    await body(sink);
-  } finally {
-    await sink.close();
-  }
 }
 
 async function sendError(

@@ -306,6 +306,19 @@ export async function startScenario(
   }
 }
 
+/** Runs `body` in a fresh scenario and always closes it. */
+export async function withScenario(
+  options: ScenarioOptions,
+  body: (s: Scenario) => Promise<void>,
+): Promise<void> {
+  const s = await startScenario(options);
+  try {
+    await body(s);
+  } finally {
+    await s.close();
+  }
+}
+
 function smtpOptions(options: SmtpOptions = {}): SmtpOptions {
   return {
     mode: "starttls",

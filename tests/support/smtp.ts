@@ -444,3 +444,16 @@ async function readAll(stream: SMTPServerDataStream): Promise<Buffer> {
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
 }
+
+/** Runs `body` with a fresh SMTP server and always closes it. */
+export async function withSink(
+  options: SmtpOptions,
+  body: (sink: SmtpSink) => Promise<void>,
+): Promise<void> {
+  const sink = await SmtpSink.start(options);
+  try {
+    await body(sink);
+  } finally {
+    await sink.close();
+  }
+}
